@@ -1,0 +1,99 @@
+"""The interface every cgroup driver implements, and the one stats record they all return."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+
+from nsmagic.cgroups.limits import Limits
+
+# Every cgroup nsmagic creates is named with this prefix plus the owning process's pid, so
+# that prune can tell ours from others' and find the orphans of a process that died.
+NAME_PREFIX = "nsmagic-"
+
+
+@dataclass
+class CgroupStats:
+    """One sample of a cgroup's usage; None where the driver or kernel cannot tell."""
+
+    timestamp: float  # time.time() when sampled
+    cpu_usage_ns: int | None = None
+    cpu_user_ns: int | None = None
+    cpu_system_ns: int | None = None
+    cpu_periods: int | None = None
+    cpu_throttled_periods: int | None = None
+    cpu_throttled_ns: int | None = None
+    memory_current: int | None = None
+    memory_peak: int | None = None
+    memory_limit: int | None = None
+    swap_current: int | None = None
+    oom_events: int | None = None
+    oom_kills: int | None = None
+    pids_current: int | None = None
+    pids_limit: int | None = None
+    pressure: dict[str, dict[str, float]] = field(default_factory=dict)  # cpu/memory/io -> avg10..
+
+    def as_dict(self) -> dict:
+        """Plain dict for JSON and tables."""
+        return asdict(self)
+
+
+class Cgroup(abc.ABC):
+    """A control group (or, for the rlimit driver, the best approximation of one)."""
+
+    driver: str  # "v2", "v1" or "rlimit"
+
+    @property
+    @abc.abstractmethod
+    def name(self) -> str:
+        """The group's name relative to the driver's base (e.g. 'nsmagic-1234-c1')."""
+
+    @abc.abstractmethod
+    def apply(self, limits: Limits) -> None:
+        """Set the given limits (None fields are left unchanged)."""
+
+    @abc.abstractmethod
+    def limits(self) -> Limits:
+        """Read back the limits currently in force."""
+
+    @abc.abstractmethod
+    def attach(self, pid: int) -> None:
+        """Move a process into the group."""
+
+    @abc.abstractmethod
+    def pids(self) -> list[int]:
+        """The processes in the group."""
+
+    @abc.abstractmethod
+    def stats(self) -> CgroupStats:
+        """Sample current usage."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """SIGKILL every process in the group."""
+
+    @abc.abstractmethod
+    def remove(self) -> None:
+        """Kill what is left, then delete the group; safe to call twice."""
+
+    def approximations(self) -> list[str]:
+        """Plain-language notes about limits that this driver only approximates."""
+        return []
+
+
+class CgroupDriver(abc.ABC):
+    """Creates and finds cgroups of one kind on this host."""
+
+    name: str  # "v2", "v1" or "rlimit"
+
+    @abc.abstractmethod
+    def create(self, name: str, limits: Limits | None = None) -> Cgroup:
+        """Create a new group under the caller's own cgroup and apply limits."""
+
+    @abc.abstractmethod
+    def open(self, name: str) -> Cgroup:
+        """Open an existing group created by nsmagic; KeyError when there is none."""
+
+    @abc.abstractmethod
+    def list(self) -> list[str]:
+        """Names of nsmagic's groups under the caller's cgroup."""
