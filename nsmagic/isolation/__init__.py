@@ -1,0 +1,1 @@
+"""Kernel isolation primitives: namespaces, mounts and the container's network."""

@@ -1,0 +1,1 @@
+"""Container lifecycle: spec -> running container -> result -> cleanup."""

@@ -1,0 +1,166 @@
+"""pid 1 inside the container: sets up the namespaces from inside, runs the payload, reaps
+zombies, forwards signals and reports how the payload ended."""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import socket
+
+from nsmagic.isolation import mounts, network, syscalls
+from nsmagic.runtime import protocol
+from nsmagic.runtime.payload import run_payload
+from nsmagic.runtime.spec import ContainerSpec, Payload
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2)
+
+
+def setup_inside(spec: ContainerSpec) -> list[str]:
+    """Configure the namespaces this process was created in; return warnings for the user.
+
+    One ordered checklist, in the order the kernel needs: mounts first (they need the
+    private propagation before anything is mounted), then the host name and the network.
+    """
+    warnings: list[str] = []
+    if "mount" in spec.namespaces:
+        mounts.make_mounts_private()
+        if spec.mount_proc:
+            warning = mounts.mount_proc()
+            if warning:
+                warnings.append(warning)
+        if spec.private_tmp:
+            mounts.mount_private_tmp()
+    if "uts" in spec.namespaces:
+        socket.sethostname(spec.hostname or _default_hostname(spec))
+    if "net" in spec.namespaces:
+        network.bring_loopback_up()
+    return warnings
+
+
+def _default_hostname(spec: ContainerSpec) -> str:
+    return spec.name or f"nsmagic-{os.getppid() or 'c'}"
+
+
+def run_init(spec: ContainerSpec, payload: Payload, ctl_fd: int, lifeline_fd: int) -> int:
+    """Be the container's init until the payload ends; return the exit code for pid 1."""
+    syscalls.set_process_name("nsmagic-init")
+    # Subreaper so that, without a pid namespace too, orphans come back here to be reaped.
+    syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    pending: list[int] = []
+
+    def remember(signum: int, _frame: object) -> None:
+        pending.append(signum)
+
+    # pid 1 ignores every signal it has no handler for, so forwarding needs real handlers.
+    for signum in (*FORWARDED_SIGNALS, signal.SIGCHLD):
+        signal.signal(signum, remember)
+
+    payload_pid = os.fork()
+    if payload_pid == 0:
+        os.close(lifeline_fd)
+        os.close(wake_read)
+        os.close(wake_write)
+        signal.set_wakeup_fd(-1)
+        code = 1
+        try:
+            code = run_payload(payload, ctl_fd, spec.env, spec.cwd)
+        finally:
+            os._exit(code)
+
+    status = _supervise_payload(payload_pid, wake_read, lifeline_fd, pending)
+    protocol.send(ctl_fd, {"event": "payload-exited", **status})
+    _kill_leftovers()
+    return status.get("code", 128 + status.get("signal", 0))
+
+
+def _supervise_payload(payload_pid: int, wake_fd: int, lifeline_fd: int,
+                       pending: list[int]) -> dict[str, int]:
+    while True:
+        try:
+            ready, _, _ = select.select([wake_fd, lifeline_fd], [], [])
+        except InterruptedError:
+            ready = [wake_fd]
+        if lifeline_fd in ready and not os.read(lifeline_fd, 1):
+            # The supervisor outside is gone: nobody will clean up after us, so stop now.
+            _kill_leftovers()
+            os._exit(137)
+        if wake_fd in ready:
+            try:
+                os.read(wake_fd, 512)
+            except BlockingIOError:
+                pass
+        while pending:
+            signum = pending.pop(0)
+            if signum != signal.SIGCHLD:
+                try:
+                    os.kill(payload_pid, signum)
+                except ProcessLookupError:
+                    pass
+        status = _reap(payload_pid)
+        if status is not None:
+            return status
+
+
+def _reap(payload_pid: int) -> dict[str, int] | None:
+    """Reap every zombie; return the payload's status once it has ended."""
+    result = None
+    while True:
+        try:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return result
+        if pid == 0:
+            return result
+        if pid == payload_pid:
+            if os.WIFSIGNALED(wait_status):
+                result = {"signal": os.WTERMSIG(wait_status)}
+            else:
+                result = {"code": os.waitstatus_to_exitcode(wait_status)}
+
+
+def _kill_leftovers() -> None:
+    """Kill what the payload left running: its orphans were reparented to us."""
+    if os.getpid() == 1:
+        # As pid 1 of its own namespace, kill(-1) reaches exactly the container.
+        _signal_quietly(-1)
+        _reap_all_blocking()
+        return
+    # Without a pid namespace kill(-1) would reach the whole host: kill our own children,
+    # generation by generation, as each one's orphans are reparented to us (the subreaper).
+    while children := _children():
+        for pid in children:
+            _signal_quietly(pid)
+        for pid in children:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _signal_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError as error:
+        if error.errno not in (errno.ESRCH, errno.EPERM):
+            raise
+
+
+def _reap_all_blocking() -> None:
+    try:
+        while True:
+            os.waitpid(-1, 0)
+    except ChildProcessError:
+        pass
+
+
+def _children() -> list[int]:
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as handle:
+            return [int(pid) for pid in handle.read().split()]
+    except OSError:
+        return []

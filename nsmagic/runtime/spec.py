@@ -1,0 +1,153 @@
+"""ContainerSpec and Payload: what a container is, validated once before anything is created."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from nsmagic.cgroups.limits import Limits
+from nsmagic.errors import SpecError
+from nsmagic.isolation.namespaces import NAMESPACE_FLAGS
+
+# Docker's default set of namespaces, plus cgroup; user is decided by who runs the kernel.
+DEFAULT_NAMESPACES = frozenset({"pid", "uts", "ipc", "net", "mount", "cgroup"})
+ALL_NAMESPACES = frozenset(NAMESPACE_FLAGS)
+_HOSTNAME_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# Variables that belong to the notebook server, not to a container: MPLBACKEND would point
+# matplotlib inside the container at the kernel's inline backend.
+_HOST_ONLY_ENV = ("JPY_", "JUPYTER_", "MPLBACKEND", "PYDEVD_", "VSCODE_", "KERNEL_")
+
+
+def validate_hostname(hostname: str) -> str:
+    """Return hostname if it is a valid RFC 1123 host name of at most 64 characters."""
+    if not hostname or len(hostname) > 64 or not all(
+        _HOSTNAME_LABEL.match(label) for label in hostname.split(".")
+    ):
+        raise SpecError(
+            f"--hostname {hostname!r} is not a valid host name: use letters, digits and "
+            "hyphens (dots between labels), at most 64 characters, not starting or ending "
+            "with a hyphen."
+        )
+    return hostname
+
+
+def validate_name(name: str, what: str = "container name") -> str:
+    """Return name if it can name a container or cgroup (no slashes, no '..', no spaces)."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise SpecError(
+            f"{what} {name!r} is not valid: use 1-63 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit (no slashes or '..')."
+        )
+    return name
+
+
+def container_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a container starts with: the host's, less the notebook server's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_HOST_ONLY_ENV)}
+    env.update(extra or {})
+    return env
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """How a container is isolated and limited; immutable once validated."""
+
+    namespaces: frozenset[str] = DEFAULT_NAMESPACES
+    hostname: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "/"
+    mount_proc: bool = True
+    private_tmp: bool = True
+    uid_outside: int | None = None  # who root inside is on the host (user namespace only)
+    gid_outside: int | None = None
+    name: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        namespaces: set[str] | frozenset[str] | None = None,
+        userns: bool | None = None,
+        hostname: str | None = None,
+        limits: Limits | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        name: str | None = None,
+        is_root: bool | None = None,
+    ) -> ContainerSpec:
+        """Validate options into a spec; userns=None means 'only when not root'."""
+        chosen = set(DEFAULT_NAMESPACES if namespaces is None else namespaces)
+        unknown = chosen - ALL_NAMESPACES
+        if unknown:
+            raise SpecError(
+                f"unknown namespace {sorted(unknown)[0]!r}: choose from "
+                f"{', '.join(sorted(ALL_NAMESPACES))}."
+            )
+        is_root = os.geteuid() == 0 if is_root is None else is_root
+        if userns is None:
+            userns = "user" in chosen or not is_root
+        if userns:
+            chosen.add("user")
+        else:
+            chosen.discard("user")
+            if not is_root and chosen:
+                raise SpecError(
+                    "creating namespaces needs root or a user namespace: drop --no-userns "
+                    "(or run the kernel as root)."
+                )
+        if hostname is not None:
+            validate_hostname(hostname)
+            if "uts" not in chosen:
+                raise SpecError("--hostname needs a private UTS namespace: drop --no-uts.")
+        if name is not None:
+            validate_name(name)
+        spec = cls(
+            namespaces=frozenset(chosen),
+            hostname=hostname,
+            limits=limits or Limits(),
+            env=container_environment(env),
+            cwd=cwd or os.getcwd(),
+            mount_proc="pid" in chosen and "mount" in chosen,
+            private_tmp="mount" in chosen,
+            name=name,
+        )
+        if userns:
+            spec = replace(spec, uid_outside=os.geteuid() if not is_root else 65534,
+                           gid_outside=os.getegid() if not is_root else 65534)
+        return spec
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-safe form sent to the launcher."""
+        data = asdict(self)
+        data["namespaces"] = sorted(self.namespaces)
+        return data
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ContainerSpec:
+        """Inverse of to_wire."""
+        data = dict(data)
+        data["namespaces"] = frozenset(data["namespaces"])
+        data["limits"] = Limits(**data["limits"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What runs inside: Python source, or a shell script."""
+
+    kind: str  # "python" or "shell"
+    source: str
+    filename: str = "<container>"
+    first_line: int = 1  # line number of source's first line, so tracebacks match the cell
+    shell: str = "/bin/sh"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("python", "shell"):
+            raise SpecError(f"payload kind must be 'python' or 'shell', not {self.kind!r}.")
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-safe form sent to the launcher."""
+        return asdict(self)
