@@ -31,6 +31,7 @@ class CgroupStats:
     oom_kills: int | None = None
     pids_current: int | None = None
     pids_limit: int | None = None
+    pids_denied: int | None = None  # forks refused at the pids limit (pids.events 'max')
     pressure: dict[str, dict[str, float]] = field(default_factory=dict)  # cpu/memory/io -> avg10..
 
     def as_dict(self) -> dict:
@@ -97,3 +98,23 @@ class CgroupDriver(abc.ABC):
     @abc.abstractmethod
     def list(self) -> list[str]:
         """Names of nsmagic's groups under the caller's cgroup."""
+
+    def prune_orphans(self) -> list[str]:
+        """Remove (killing what runs inside) the groups whose owner process is dead.
+
+        Owners are recognised by the pid in the name, in the caller's pid namespace; a group
+        whose owner pid was reused by an unrelated process is kept (the safe mistake).
+        """
+        from nsmagic.cgroups._fs import owner_of, pid_alive
+
+        removed = []
+        for name in self.list():
+            owner = owner_of(name)
+            if owner is None or pid_alive(owner):
+                continue
+            try:
+                self.open(name).remove()
+            except KeyError:
+                continue  # pruned concurrently by someone else
+            removed.append(name)
+        return removed

@@ -30,7 +30,7 @@ MAX_SIZE = 1 << 50
 
 
 def parse_size(text: str | int, option: str = "size") -> int:
-    """Return a size in bytes from '512K', '256M', '1.5G', '1GiB' or plain bytes (powers of 1024)."""
+    """Return a size in bytes from '512K', '256M', '1.5G', '1GiB' or plain bytes (1K = 1024)."""
     if isinstance(text, bool):
         raise SpecError(f"{option} must be {SIZE_FORMS}, not {text!r}.")
     if isinstance(text, int):
@@ -62,9 +62,13 @@ def parse_cpus(text: str | float, option: str = "--cpus") -> float:
     try:
         value = float(text)
     except (TypeError, ValueError):
-        raise SpecError(f"{option} must be a number of cores such as 0.5 or 2, not {text!r}.") from None
+        raise SpecError(
+            f"{option} must be a number of cores such as 0.5 or 2, not {text!r}."
+        ) from None
     if not value > 0 or value != value or value > 4096:
-        raise SpecError(f"{option} must be a number of cores above 0 (such as 0.5 or 2), not {text!r}.")
+        raise SpecError(
+            f"{option} must be a number of cores above 0 (such as 0.5 or 2), not {text!r}."
+        )
     return value
 
 
@@ -73,7 +77,9 @@ def parse_count(text: str | int, option: str, low: int = 1, high: int = 1 << 22)
     try:
         value = int(str(text), 10)
     except ValueError:
-        raise SpecError(f"{option} must be a whole number from {low} to {high}, not {text!r}.") from None
+        raise SpecError(
+            f"{option} must be a whole number from {low} to {high}, not {text!r}."
+        ) from None
     if not low <= value <= high:
         raise SpecError(f"{option} must be a whole number from {low} to {high}, not {text!r}.")
     return value
@@ -122,14 +128,18 @@ class Limits:
             memory=None if memory is None else parse_size(memory, "--memory"),
             memory_swap=None if memory_swap is None else _parse_swap(memory_swap),
             pids=None if pids is None else parse_count(pids, "--pids", 1, 4194304),
-            cpu_weight=None if cpu_weight is None else parse_count(cpu_weight, "--cpu-weight", 1, 10000),
+            cpu_weight=(
+                None if cpu_weight is None else parse_count(cpu_weight, "--cpu-weight", 1, 10000)
+            ),
             cpuset=None if cpuset is None else parse_cpuset(cpuset),
         )
         if limits.memory_swap not in (None, -1):
             if limits.memory is None:
                 raise SpecError("--memory-swap needs --memory too (it is memory plus swap).")
             if limits.memory_swap < limits.memory:
-                raise SpecError("--memory-swap is memory plus swap, so it must be at least --memory.")
+                raise SpecError(
+                    "--memory-swap is memory plus swap, so it must be at least --memory."
+                )
         return limits
 
     def is_empty(self) -> bool:
