@@ -34,14 +34,10 @@ def setup_inside(spec: ContainerSpec) -> list[str]:
         if spec.private_tmp:
             mounts.mount_private_tmp()
     if "uts" in spec.namespaces:
-        socket.sethostname(spec.hostname or _default_hostname(spec))
+        socket.sethostname(spec.effective_hostname)
     if "net" in spec.namespaces:
         network.bring_loopback_up()
     return warnings
-
-
-def _default_hostname(spec: ContainerSpec) -> str:
-    return spec.name or f"nsmagic-{os.getppid() or 'c'}"
 
 
 def run_init(spec: ContainerSpec, payload: Payload, ctl_fd: int, lifeline_fd: int) -> int:

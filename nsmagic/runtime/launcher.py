@@ -39,6 +39,7 @@ class Launcher(abc.ABC):
 
     def close(self) -> None:
         """Release the launcher's helper process, if any; safe to call twice."""
+        return None
 
 
 class SpawnLauncher(Launcher):

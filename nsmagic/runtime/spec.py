@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -65,6 +66,12 @@ class ContainerSpec:
     uid_outside: int | None = None  # who root inside is on the host (user namespace only)
     gid_outside: int | None = None
     name: str | None = None
+    container_id: str = field(default_factory=lambda: secrets.token_hex(6))
+
+    @property
+    def effective_hostname(self) -> str:
+        """The host name inside: the one asked for, else the name, else the id (as Docker)."""
+        return self.hostname or self.name or self.container_id
 
     @classmethod
     def build(
