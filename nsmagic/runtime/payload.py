@@ -16,9 +16,9 @@ from nsmagic.runtime.spec import Payload
 
 def _fresh_stdio() -> None:
     # Unbuffered text streams on fds 1 and 2, so each print reaches the notebook as it happens.
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True,
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=False,
                                   line_buffering=True, errors="backslashreplace")
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True,
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=False,
                                   line_buffering=True, errors="backslashreplace")
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.__stdout__, sys.__stderr__, sys.__stdin__ = sys.stdout, sys.stderr, sys.stdin
