@@ -51,7 +51,7 @@ def weight_to_shares(weight: int) -> int:
     """v2 cpu.weight -> v1 cpu.shares, the inverse of shares_to_weight.
 
     Solving l*l + 125*l - 612*(log10(weight) + 7/34) = 0 for l = log2(shares):
-    l = (-125 + sqrt(125**2 + 4*612*(log10(weight) + 7/34))) / 2, shares = round(2 ** l).
+    l = (-125 + sqrt(125**2 + 4*612*(log10(weight) + 7/34))) / 2, shares ~ 2 ** l.
     So 1 -> 2, 100 -> 1024, 10000 -> 262144.
     """
     if weight <= WEIGHT_MIN:
@@ -60,7 +60,13 @@ def weight_to_shares(weight: int) -> int:
         return SHARES_MAX
     c = 612.0 * (math.log10(weight) + 7.0 / 34.0)
     lg = (-125.0 + math.sqrt(125.0**2 + 4.0 * c)) / 2.0
-    return max(SHARES_MIN, min(SHARES_MAX, round(2**lg)))
+    exact = 2**lg
+    # shares_to_weight rounds up (ceil), so floor(exact) maps back to weight itself whenever
+    # any integer share value does; prefer it so that a weight written on v1 reads back equal.
+    for shares in (math.floor(exact), math.ceil(exact)):
+        if shares_to_weight(shares) == weight:
+            return max(SHARES_MIN, min(SHARES_MAX, shares))
+    return max(SHARES_MIN, min(SHARES_MAX, round(exact)))
 
 
 def swap_v2(memory: int | None, memory_swap: int | None) -> int | str | None:
