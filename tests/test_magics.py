@@ -1,0 +1,123 @@
+"""%%container and %nsmagic through a real in-process IPython shell."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+from IPython.core.error import UsageError
+
+from nsmagic.magics import ContainerError
+
+from .conftest import our_processes, wait_until
+
+
+def run_cell(shell, source):
+    result = shell.run_cell(source)
+    return result
+
+
+def test_a_python_cell_runs_isolated_and_prints(ipython_shell, capsys):
+    result = run_cell(ipython_shell, "%%container --hostname lab1\n"
+                                     "import os, socket\nprint(os.getpid(), socket.gethostname())\n")
+    assert result.success
+    assert capsys.readouterr().out == "2 lab1\n"
+
+
+def test_bash_and_shell_cells(ipython_shell, capsys):
+    assert run_cell(ipython_shell, "%%container bash\necho $((6*7)) $(hostname)").success
+    assert run_cell(ipython_shell, "%%container --shell --hostname s1\nhostname").success
+    assert capsys.readouterr().out.split()[0::2] == ["42", "s1"]
+
+
+def test_an_exception_fails_the_cell_with_the_containers_traceback(ipython_shell, capsys):
+    result = run_cell(ipython_shell, "%%container\nx = 1\nraise ValueError('bad value')\n")
+    assert not result.success
+    assert isinstance(result.error_in_exec, ContainerError)
+    shown = capsys.readouterr()
+    text = shown.out + shown.err
+    assert "ValueError: bad value" in text
+    assert "line 3" in text  # the cell's own line numbering (line 1 is %%container)
+    assert "nsmagic/" not in text
+
+
+def test_a_non_zero_exit_status_fails_the_cell_unless_no_raise(ipython_shell, capsys):
+    result = run_cell(ipython_shell, "%%container bash\nexit 3")
+    assert not result.success and "exit status 3" in str(result.error_in_exec)
+    result = run_cell(ipython_shell, "%%container --no-raise bash\nexit 3")
+    assert result.success
+    assert "exit status 3" in capsys.readouterr().err
+
+
+def test_dash_o_returns_the_result_object(ipython_shell):
+    result = run_cell(ipython_shell, "%%container -o\nprint('x')")
+    assert result.result.stdout == "x\n" and result.result.ok
+    assert "exit status 0" in repr(result.result) or "ContainerResult" in repr(result.result)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--memory 12Q", "--memory must be a size such as 512K, 256M, 1.5G, 1GiB or plain bytes"),
+        ("--cpus -1", "--cpus must be a number of cores above 0"),
+        ("--pids many", "--pids must be a whole number"),
+        ("--hostname bad_host!", "is not a valid host name"),
+        ("--no-uts --hostname x", "--hostname needs a private UTS namespace"),
+        ("--bogus", "unrecognized arguments: --bogus"),
+        ("python3", "%%container does not know 'python3'"),
+        ("--env NOEQUALS", "--env takes KEY=VALUE"),
+        ("--userns --no-userns", "contradict"),
+    ],
+)
+def test_bad_options_give_one_clear_usage_error_and_start_nothing(ipython_shell, line, message):
+    before = our_processes()
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        ipython_shell.run_cell_magic("container", line, "print('never')")
+    assert our_processes() == before
+
+
+def test_line_variables_are_expanded(ipython_shell, capsys):
+    ipython_shell.user_ns["box_name"] = "expanded"
+    assert run_cell(ipython_shell, "%%container --hostname {box_name}\n"
+                                   "import socket; print(socket.gethostname())").success
+    assert capsys.readouterr().out == "expanded\n"
+
+
+def test_config_gives_defaults(ipython_shell, capsys):
+    ipython_shell.run_line_magic("config", "ContainerMagics.pids = 'bad'")
+    try:
+        with pytest.raises(UsageError, match="--pids"):
+            ipython_shell.run_cell_magic("container", "", "pass")
+    finally:
+        ipython_shell.run_line_magic("config", "ContainerMagics.pids = None")
+
+
+def test_ctrl_c_interrupts_the_cell_and_kills_the_container(ipython_shell):
+    main = threading.main_thread().ident
+    timer = threading.Timer(0.6, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    began = time.monotonic()
+    result = run_cell(ipython_shell, "%%container\nimport time\nwhile True: time.sleep(0.1)")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    assert time.monotonic() - began < 0.6 + 1.0
+    assert wait_until(lambda: not [p for p in our_processes() if "zygote" not in p], 3)
+
+
+def test_doctor_reports_every_capability(ipython_shell, capsys):
+    ipython_shell.run_line_magic("nsmagic", "doctor")
+    out = capsys.readouterr().out
+    for expected in ("tier:", "pid namespace", "user namespace", "fresh /proc", "cgroups",
+                     "KVM"):
+        assert expected in out
+
+
+def test_unknown_nsmagic_subcommand(ipython_shell):
+    with pytest.raises(UsageError, match="try %nsmagic doctor"):
+        ipython_shell.run_line_magic("nsmagic", "docter")
+
+
+def test_help_is_available(ipython_shell):
+    doc = ipython_shell.find_cell_magic("container").__doc__
+    assert "--memory" in doc and "--hostname" in doc and "--no-net" in doc
