@@ -72,3 +72,19 @@ def test_cpuset_is_enabled_only_when_asked(v2, make_group, spawn):
     child = spawn(WAIT)
     group.attach(child.pid)
     assert os.sched_getaffinity(child.pid) == {0}
+
+
+def test_internal_processes_are_refused_or_evacuated_into_a_leaf(v2, make_group, spawn):
+    """The no-internal-process rule, on a group of ours standing in for a busy user cgroup."""
+    from nsmagic.cgroups.v2 import INIT_LEAF, V2Driver
+    from nsmagic.errors import CapabilityError
+
+    outer = make_group()  # removed at the end with everything below it
+    child = spawn(WAIT)
+    outer.attach(child.pid)
+    with pytest.raises(CapabilityError, match="no internal processes"):
+        V2Driver(base=outer.path).create("inner")
+    inner = V2Driver(base=outer.path, evacuate=True).create("inner", Limits(pids=8))
+    assert read(outer.path / INIT_LEAF / "cgroup.procs") == str(child.pid)
+    assert read(outer.path / "cgroup.procs") == ""
+    assert read(inner.path / "pids.max") == "8"
