@@ -49,6 +49,10 @@ class ContainerResult:
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
     pid: int | None = None
+    cgroup: str | None = None
+    cgroup_driver: str | None = None
+    oom: dict[str, Any] | None = None  # kills, limit, peak and a sentence, after an OOM kill
+    stats: dict[str, Any] | None = None  # the cgroup's usage when the container ended
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -60,6 +64,8 @@ class ContainerResult:
         """One line on how it ended: 'exit status 0', 'killed by signal 9 (SIGKILL)'..."""
         if self.interrupted:
             return "interrupted"
+        if self.oom is not None and (self.signal == signal.SIGKILL or self.exit_code == 137):
+            return self.oom["text"]
         if self.exception is not None:
             return f"raised {self.exception}"
         if self.signal is not None:
@@ -254,6 +260,9 @@ class Container:
         now = time.perf_counter() - self._started_at
         if event == "started":
             self.result.pid = message["pid"]
+            self.result.cgroup = message.get("cgroup")
+            self.result.cgroup_driver = message.get("cgroup_driver")
+            self.result.warnings.extend(message.get("warnings", []))
             self.result.timings["started_s"] = now
             try:
                 self._pidfd = os.pidfd_open(message["pid"])
@@ -268,14 +277,19 @@ class Container:
         elif event == "payload-exited":
             self.result.exit_code = message.get("code")
             self.result.signal = message.get("signal")
+        elif event == "warning":
+            self.result.warnings.append(message["message"])
         elif event == "exited":
+            self.result.oom = message.get("oom")
+            self.result.stats = message.get("stats")
             if self.result.exit_code is None and self.result.signal is None:
                 self.result.exit_code = message.get("code")
                 self.result.signal = message.get("signal")
         elif event == "setup-failed":
+            step = message.get("step")
+            where = f" while {step}" if step else ""
             raise ContainerSetupError(
-                f"the container could not be created while {message['step']}: "
-                f"{message['message']}"
+                f"the container could not be created{where}: {message['message']}"
             )
         return True
 

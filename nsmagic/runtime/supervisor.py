@@ -1,26 +1,31 @@
-"""The supervisor: one per container, outside its namespaces, owning every kernel resource
-the container uses and releasing them however the container ends."""
+"""Supervision of one container from outside its namespaces: create its processes and kernel
+resources, notice how it ends, report it, and release everything, whatever happens."""
 
 from __future__ import annotations
 
+import fcntl
 import os
-import select
 import signal
 import socket
 import traceback
 from typing import NoReturn
 
+from nsmagic.cgroups.base import Cgroup, CgroupDriver
+from nsmagic.cgroups.limits import format_size
+from nsmagic.errors import ContainerSetupError
 from nsmagic.isolation import namespaces, syscalls
 from nsmagic.runtime import protocol
 from nsmagic.runtime.init import run_init, setup_inside
 from nsmagic.runtime.spec import ContainerSpec, Payload
 
-# Exit codes of the helper processes themselves (not of the payload).
+# Exit code of pid 1 when the container could not be set up (the payload never ran).
 SETUP_FAILED = 125
+# Where the descriptors a child keeps are moved before every other one is closed.
+_KEEP_BASE = 3
 
 
-class _Step:
-    """Names the set-up step under way, so a failure message says where it happened."""
+class Step:
+    """Names the set-up step under way, so a failure says where it happened."""
 
     def __init__(self) -> None:
         self.name = "starting"
@@ -29,176 +34,290 @@ class _Step:
         self.name = name
 
 
-def supervise(spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd: int,
-              stderr_fd: int) -> NoReturn:
-    """Create the container, wait for it, report how it ended, release everything; never
-    returns. Runs in a fresh single-threaded child of the launcher."""
-    syscalls.set_process_name("nsmagic-sup")
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    # Interrupts are delivered to the container's pid 1 directly, not through us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _redirect_stdio(stdout_fd, stderr_fd)
-    # Subreaper: when the transient set-up process exits, pid 1 is reparented to us.
-    syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
-    step = _Step()
-    init_pid = None
-    code = 0
-    try:
-        init_pid = _create(spec, payload, ctl_fd, step)
-        code = _wait(init_pid, ctl_fd)
-        init_pid = None  # reaped: its pid may already belong to someone else
-    except Exception as error:  # noqa: BLE001 - reported to the notebook, not raised
-        code = SETUP_FAILED
-        _send_quietly(ctl_fd, {"event": "setup-failed", "step": step.name,
-                               "message": _explain(error),
-                               "detail": traceback.format_exc(limit=4)})
-    finally:
-        _release(init_pid)
-    os._exit(code)
+class SupervisedContainer:
+    """The fork server's record of one container: its pid 1, message socket and cgroup.
 
+    `release()` is the one place that gives everything back; it is safe to call twice and is
+    called whether the container ended, failed to start, or its notebook went away.
+    """
 
-def _redirect_stdio(stdout_fd: int, stderr_fd: int) -> None:
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(stdout_fd, 1)
-    os.dup2(stderr_fd, 2)
-    for fd in {devnull, stdout_fd, stderr_fd} - {0, 1, 2}:
-        os.close(fd)
+    def __init__(self, spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd: int,
+                 stderr_fd: int, cgroup_driver: CgroupDriver | None) -> None:
+        self.spec = spec
+        self.payload = payload
+        self.ctl = socket.socket(fileno=ctl_fd)
+        self.stdout_fd = stdout_fd
+        self.stderr_fd = stderr_fd
+        self.cgroup_driver = cgroup_driver
+        self.cgroup: Cgroup | None = None
+        self.init_pid: int | None = None
+        self.pidfd: int | None = None
+        self._lifeline_write: int | None = None
+        self._released = False
 
+    # -- creation ------------------------------------------------------------------------
+    def create(self, own_pid_namespace: int) -> None:
+        """Create the container; raise ContainerSetupError naming the step that failed.
 
-def _create(spec: ContainerSpec, payload: Payload, ctl_fd: int, step: _Step) -> int:
-    """Start the container's processes; return pid 1's pid as seen from the host."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    lifeline_read, lifeline_write = os.pipe()
-    step("forking the set-up process")
-    setup_pid = os.fork()
-    if setup_pid == 0:
-        ours.close()
-        os.close(lifeline_write)
-        _setup_process(spec, payload, ctl_fd, theirs, lifeline_read)
-    theirs.close()
-    os.close(lifeline_read)
-    # lifeline_write stays open in this process only: pid 1 sees EOF when we are gone.
-    try:
-        step("preparing resources")
-        ours.send(b"go")
-        reply = ours.recv(4096)
+        On failure the caller reports it on the message socket, then calls release().
+        """
+        step = Step()
+        try:
+            self._create(step, own_pid_namespace)
+        except Exception as error:  # noqa: BLE001 - turned into one message for the user
+            raise ContainerSetupError(f"{step.name}: {explain(error)}") from error
+        finally:
+            for fd in (self.stdout_fd, self.stderr_fd):
+                os.close(fd)
+
+    def _create(self, step: Step, own_pid_namespace: int) -> None:
+        if self.cgroup_driver is not None:
+            step("creating the cgroup")
+            self.cgroup = self.cgroup_driver.create(self.spec.container_id, self.spec.limits)
+        lifeline_read, self._lifeline_write = os.pipe2(os.O_CLOEXEC)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        keep = [self.ctl.fileno(), self.stdout_fd, self.stderr_fd, lifeline_read, theirs.fileno()]
+        userns = "user" in self.spec.namespaces
+        step("forking the container's first process")
+        if userns:
+            # A pid namespace must belong to the new user namespace (or root inside could not
+            # mount its /proc), so an intermediate process creates both, then forks pid 1.
+            child = os.fork()
+            if child == 0:
+                _child_main(_setup_process, keep, self.spec, self.payload)
+        else:
+            # Root needs no intermediate: a new pid namespace for our next child only, then
+            # back to our own, so this server keeps forking into fresh namespaces.
+            if "pid" in self.spec.namespaces:
+                syscalls.unshare(syscalls.CLONE_NEWPID)
+            try:
+                child = os.fork()
+                if child == 0:
+                    _child_main(_init_process, keep, self.spec, self.payload)
+            finally:
+                if "pid" in self.spec.namespaces:
+                    syscalls.setns(own_pid_namespace, syscalls.CLONE_NEWPID)
+        os.close(lifeline_read)
+        theirs.close()
+        try:
+            self._drive_setup(step, child, ours, userns)
+        finally:
+            ours.close()
+            if userns:
+                os.waitpid(child, 0)
+        protocol.send(self.ctl, {"event": "started", "pid": self.init_pid,
+                                 "cgroup": self.cgroup.name if self.cgroup else None,
+                                 "cgroup_driver": getattr(self.cgroup_driver, "name", None),
+                                 "warnings": self._limit_warnings()})
+
+    def _limit_warnings(self) -> list[str]:
+        if self.cgroup is None or self.spec.limits.is_empty():
+            return []
+        return [f"limits only approximated: {note}" for note in self.cgroup.approximations()]
+
+    def _drive_setup(self, step: Step, child: int, sync: socket.socket, userns: bool) -> None:
+        if not userns:
+            # pid 1 is our child; track it before anything can fail.
+            self.init_pid = child
+            self.pidfd = os.pidfd_open(child)
+        if self.cgroup is not None:
+            step("moving the container into its cgroup")
+            self.cgroup.attach(child)
+        sync.send(b"go")
+        reply = sync.recv(4096)
         if reply == b"maps":
             step("writing the user namespace id maps")
-            namespaces.write_id_maps(
-                setup_pid,
-                namespaces.IdMap(0, spec.uid_outside),
-                namespaces.IdMap(0, spec.gid_outside),
-            )
-            ours.send(b"ok")
-            reply = ours.recv(4096)
+            namespaces.write_id_maps(child, namespaces.IdMap(0, self.spec.uid_outside),
+                                     namespaces.IdMap(0, self.spec.gid_outside))
+            sync.send(b"ok")
+            reply = sync.recv(4096)
         if reply.startswith(b"error:"):
             failed_step, _, message = reply[6:].decode().partition(":")
             step(failed_step)
             raise OSError(message)
-        if not reply.startswith(b"pid:"):
-            raise RuntimeError(f"set-up process ended unexpectedly ({reply!r})")
-        init_pid = int(reply[4:])
-    finally:
-        ours.close()
-        os.waitpid(setup_pid, 0)
-    protocol.send(ctl_fd, {"event": "started", "pid": init_pid, "supervisor": os.getpid()})
-    return init_pid
+        if userns:
+            if not reply.startswith(b"pid:"):
+                raise RuntimeError(f"the set-up process ended unexpectedly ({reply!r})")
+            self.init_pid = int(reply[4:])
+            self.pidfd = os.pidfd_open(self.init_pid)
+        elif reply != b"ready":
+            raise RuntimeError(f"pid 1 ended during set-up ({reply!r})")
 
+    # -- end -----------------------------------------------------------------------------
+    def kill(self) -> None:
+        """SIGKILL pid 1; its pid namespace, and so the whole container, dies with it."""
+        if self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.cgroup is not None and "pid" not in self.spec.namespaces:
+            self.cgroup.kill()  # without a pid namespace, only the cgroup knows them all
 
-def _setup_process(spec: ContainerSpec, payload: Payload, ctl_fd: int, sync: socket.socket,
-                   lifeline_read: int) -> NoReturn:
-    """Enter the new namespaces and fork pid 1 into them, then exit."""
-    step = "creating namespaces"
-    try:
-        sync.recv(16)
-        flags = namespaces.flags_for(spec.namespaces)
-        syscalls.unshare(flags)
-        if "user" in spec.namespaces:
-            step = "mapping root inside the user namespace"
-            sync.send(b"maps")
-            if sync.recv(16) != b"ok":
-                os._exit(SETUP_FAILED)
-            namespaces.become_root_inside()
-        step = "starting pid 1"
-        init_pid = os.fork()
-        if init_pid == 0:
-            sync.close()
-            os._exit(_init_process(spec, payload, ctl_fd, lifeline_read))
-        sync.send(f"pid:{init_pid}".encode())
-    except Exception as error:  # noqa: BLE001 - handed to the supervisor to report
-        try:
-            sync.send(f"error:{step}:{_explain(error)}".encode()[:4000])
-        finally:
-            os._exit(SETUP_FAILED)
-    os._exit(0)
-
-
-def _init_process(spec: ContainerSpec, payload: Payload, ctl_fd: int, lifeline_read: int) -> int:
-    try:
-        warnings = setup_inside(spec)
-    except Exception as error:  # noqa: BLE001
-        _send_quietly(ctl_fd, {"event": "setup-failed", "step": "setting up inside",
-                               "message": _explain(error)})
-        return SETUP_FAILED
-    _send_quietly(ctl_fd, {"event": "ready", "warnings": warnings})
-    return run_init(spec, payload, ctl_fd, lifeline_read)
-
-
-def _wait(init_pid: int, ctl_fd: int) -> int:
-    """Wait until pid 1 ends or the notebook side goes away; return pid 1's exit code."""
-    pidfd = os.pidfd_open(init_pid)
-    ctl = socket.socket(fileno=ctl_fd)
-    try:
-        while True:
-            ready, _, _ = select.select([pidfd, ctl], [], [])
-            if ctl in ready:
-                message, _ = protocol.receive(ctl)
-                if message is None:
-                    # The notebook kernel died or closed the container: end it now.
-                    _kill_pidfd(pidfd)
-                elif message.get("op") == "kill":
-                    _kill_pidfd(pidfd)
-            if pidfd in ready:
-                break
-        _, wait_status = os.waitpid(init_pid, 0)
+    def reap(self) -> None:
+        """pid 1 has ended: collect its status, tell the notebook, release everything."""
+        _, wait_status = os.waitpid(self.init_pid, 0)
+        self.init_pid = None  # reaped: the number may belong to someone else from now on
         if os.WIFSIGNALED(wait_status):
             status = {"signal": os.WTERMSIG(wait_status)}
         else:
             status = {"code": os.waitstatus_to_exitcode(wait_status)}
-        _send_quietly(ctl, {"event": "exited", **status})
-        return status.get("code", 0)
+        status.update(self._oom_report())
+        send_quietly(self.ctl, {"event": "exited", **status})
+        self.release()
+
+    def _oom_report(self) -> dict:
+        if self.cgroup is None:
+            return {}
+        try:
+            stats = self.cgroup.stats()
+        except OSError:
+            return {}
+        report: dict = {"stats": stats.as_dict()}
+        if stats.oom_kills:
+            limit = self.spec.limits.memory or stats.memory_limit
+            peak = stats.memory_peak
+            report["oom"] = {
+                "kills": stats.oom_kills,
+                "limit": limit,
+                "peak": peak,
+                "text": "killed: out of memory"
+                + (f", limit {format_size(limit)}" if limit else "")
+                + (f", peak {format_size(peak)}" if peak else ""),
+            }
+        return report
+
+    def release(self) -> None:
+        """Kill what is left and give back every resource; safe to call twice."""
+        if self._released:
+            return
+        self._released = True
+        if self.init_pid is not None:
+            self.kill()
+            try:
+                os.waitpid(self.init_pid, 0)
+            except ChildProcessError:
+                pass
+            self.init_pid = None
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        if self._lifeline_write is not None:
+            os.close(self._lifeline_write)
+            self._lifeline_write = None
+        if self.cgroup is not None:
+            try:
+                self.cgroup.remove()
+            except OSError as error:
+                send_quietly(self.ctl, {"event": "warning",
+                                        "message": f"cgroup not removed: {explain(error)}"})
+            self.cgroup = None
+        self.ctl.close()
+
+
+# -- the container's own processes (run in forked children of the server) ---------------
+def _child_main(function, keep: list[int], spec: ContainerSpec, payload: Payload) -> NoReturn:  # noqa: ANN001
+    """Keep only this container's descriptors, then run function(spec, payload, *fds)."""
+    code = SETUP_FAILED
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        fds = _keep_only(keep)
+        code = function(spec, payload, *fds)
+    except BaseException:  # noqa: BLE001 - a child must never return into the server's loop
+        traceback.print_exc()
     finally:
-        ctl.detach()
-        os.close(pidfd)
+        os._exit(code)
 
 
-def _kill_pidfd(pidfd: int) -> None:
+def _keep_only(fds: list[int]) -> list[int]:
+    """Renumber fds to 3, 4, ... and close every other descriptor inherited from the server.
+
+    A descriptor of another container left open here would keep that container's lifeline
+    alive, so nothing of the server's may survive into a container.
+    """
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 1024) for fd in fds]
+    kept = []
+    for index, fd in enumerate(high):
+        target = _KEEP_BASE + index
+        os.dup2(fd, target, inheritable=False)
+        kept.append(target)
+    os.closerange(_KEEP_BASE + len(fds), 65536)
+    return kept
+
+
+def _setup_process(spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd: int,
+                   stderr_fd: int, lifeline_fd: int, sync_fd: int) -> int:
+    """User-namespace path: create every namespace, get mapped, fork pid 1, exit."""
+    sync = socket.socket(fileno=sync_fd)
+    step = "creating namespaces"
     try:
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        sync.recv(16)
+        syscalls.unshare(namespaces.flags_for(spec.namespaces))
+        step = "mapping root inside the user namespace"
+        sync.send(b"maps")
+        if sync.recv(16) != b"ok":
+            return SETUP_FAILED
+        namespaces.become_root_inside()
+        step = "starting pid 1"
+        init_pid = os.fork()
+        if init_pid == 0:
+            os._exit(_init_inside(spec, payload, ctl_fd, stdout_fd, stderr_fd, lifeline_fd,
+                                  None))
+        sync.send(f"pid:{init_pid}".encode())
+    except Exception as error:  # noqa: BLE001 - handed to the server to report
+        sync.send(f"error:{step}:{explain(error)}".encode()[:4000])
+        return SETUP_FAILED
+    return 0
 
 
-def _release(init_pid: int | None) -> None:
-    """Make sure nothing of the container outlives this process."""
-    if init_pid is None:
-        return
+def _init_process(spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd: int,
+                  stderr_fd: int, lifeline_fd: int, sync_fd: int) -> int:
+    """Root path: we are pid 1 already; wait for our cgroup, then create the namespaces."""
+    sync = socket.socket(fileno=sync_fd)
     try:
-        os.kill(init_pid, signal.SIGKILL)
-        os.waitpid(init_pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
+        sync.recv(16)
+        syscalls.unshare(namespaces.flags_for(spec.namespaces - {"pid"}))
+    except Exception as error:  # noqa: BLE001
+        sync.send(f"error:creating namespaces:{explain(error)}".encode()[:4000])
+        return SETUP_FAILED
+    return _init_inside(spec, payload, ctl_fd, stdout_fd, stderr_fd, lifeline_fd, sync)
 
 
-def _send_quietly(ctl: socket.socket | int, message: dict) -> None:
+def _init_inside(spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd: int,
+                 stderr_fd: int, lifeline_fd: int, sync: socket.socket | None) -> int:
+    syscalls.set_process_name("nsmagic-init")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(stdout_fd, 1)
+    os.dup2(stderr_fd, 2)
+    for fd in (devnull, stdout_fd, stderr_fd):
+        os.close(fd)
+    try:
+        warnings = setup_inside(spec)
+    except Exception as error:  # noqa: BLE001
+        message = f"setting up inside the container: {explain(error)}"
+        if sync is not None:
+            sync.send(f"error:{message}".encode()[:4000])
+        else:
+            send_quietly(ctl_fd, {"event": "setup-failed", "message": message})
+        return SETUP_FAILED
+    if sync is not None:
+        sync.send(b"ready")
+        sync.close()
+    send_quietly(ctl_fd, {"event": "ready", "warnings": warnings})
+    return run_init(spec, payload, ctl_fd, lifeline_fd)
+
+
+def send_quietly(ctl: socket.socket | int, message: dict) -> None:
+    """Send a message; if the notebook side is gone there is nobody left to tell."""
     try:
         protocol.send(ctl, message)
     except OSError:
-        pass  # the notebook side is gone; nothing left to tell
+        pass
 
 
-def _explain(error: BaseException) -> str:
+def explain(error: BaseException) -> str:
+    """An error in plain words, without Python's decoration."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror if not error.filename else f"{error.strerror}: {error.filename}"
     return str(error) or type(error).__name__
