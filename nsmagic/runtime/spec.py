@@ -66,6 +66,7 @@ class ContainerSpec:
     uid_outside: int | None = None  # who root inside is on the host (user namespace only)
     gid_outside: int | None = None
     name: str | None = None
+    cgroup: str | None = None  # run in this existing nsmagic cgroup instead of a fresh one
     container_id: str = field(default_factory=lambda: secrets.token_hex(6))
 
     @property
@@ -83,6 +84,7 @@ class ContainerSpec:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         name: str | None = None,
+        cgroup: str | None = None,
         is_root: bool | None = None,
     ) -> ContainerSpec:
         """Validate options into a spec; userns=None means 'only when not root'."""
@@ -111,6 +113,13 @@ class ContainerSpec:
                 raise SpecError("--hostname needs a private UTS namespace: drop --no-uts.")
         if name is not None:
             validate_name(name)
+        if cgroup is not None:
+            validate_name(cgroup, "cgroup name")
+            if limits is not None and not limits.is_empty():
+                raise SpecError(
+                    "--cgroup runs in an existing group, whose limits are changed with "
+                    "%cgroup set: drop the limit options."
+                )
         spec = cls(
             namespaces=frozenset(chosen),
             hostname=hostname,
@@ -120,6 +129,7 @@ class ContainerSpec:
             mount_proc="pid" in chosen and "mount" in chosen,
             private_tmp="mount" in chosen,
             name=name,
+            cgroup=cgroup,
         )
         if userns:
             spec = replace(spec, uid_outside=os.geteuid() if not is_root else 65534,

@@ -50,6 +50,8 @@ class SupervisedContainer:
         self.stderr_fd = stderr_fd
         self.cgroup_driver = cgroup_driver
         self.cgroup: Cgroup | None = None
+        self.owns_cgroup = spec.cgroup is None
+        self._oom_kills_before = 0
         self.init_pid: int | None = None
         self.pidfd: int | None = None
         self._lifeline_write: int | None = None
@@ -71,7 +73,14 @@ class SupervisedContainer:
                 os.close(fd)
 
     def _create(self, step: Step, own_pid_namespace: int) -> None:
-        if self.cgroup_driver is not None:
+        if self.spec.cgroup is not None:
+            step(f"opening the cgroup {self.spec.cgroup}")
+            if self.cgroup_driver is None:
+                raise OSError(f"no cgroup driver for {self.spec.cgroup}")
+            self.cgroup = self.cgroup_driver.open(self.spec.cgroup)
+            # The group is shared: only OOM kills from now on are this container's.
+            self._oom_kills_before = self.cgroup.stats().oom_kills or 0
+        elif self.cgroup_driver is not None:
             step("creating the cgroup")
             self.cgroup = self.cgroup_driver.create(self.spec.container_id, self.spec.limits)
         lifeline_read, self._lifeline_write = os.pipe2(os.O_CLOEXEC)
@@ -151,7 +160,7 @@ class SupervisedContainer:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if self.cgroup is not None and "pid" not in self.spec.namespaces:
+        if self.cgroup is not None and self.owns_cgroup and "pid" not in self.spec.namespaces:
             self.cgroup.kill()  # without a pid namespace, only the cgroup knows them all
 
     def reap(self) -> None:
@@ -174,11 +183,11 @@ class SupervisedContainer:
         except OSError:
             return {}
         report: dict = {"stats": stats.as_dict()}
-        if stats.oom_kills:
+        if (stats.oom_kills or 0) > self._oom_kills_before:
             limit = self.spec.limits.memory or stats.memory_limit
             peak = stats.memory_peak
             report["oom"] = {
-                "kills": stats.oom_kills,
+                "kills": stats.oom_kills - self._oom_kills_before,
                 "limit": limit,
                 "peak": peak,
                 "text": "killed: out of memory"
@@ -205,7 +214,7 @@ class SupervisedContainer:
         if self._lifeline_write is not None:
             os.close(self._lifeline_write)
             self._lifeline_write = None
-        if self.cgroup is not None:
+        if self.cgroup is not None and self.owns_cgroup:
             try:
                 self.cgroup.remove()
             except OSError as error:

@@ -147,7 +147,7 @@ class ForkServer:
 def _wants_cgroup(spec: ContainerSpec, server: ForkServer) -> bool:
     # A cgroup gives limits and also the usage figures, so every container gets one where
     # cgroups are writable; with only rlimits, there is nothing to gain without limits.
-    if not spec.limits.is_empty():
+    if not spec.limits.is_empty() or spec.cgroup is not None:
         return True
     driver = server.cgroup_driver()
     return driver is not None and driver.name in ("v1", "v2")

@@ -1,4 +1,4 @@
-"""IPython glue only: parse magic options, call the nsmagic API, show the results."""
+"""%%container and %nsmagic: parse options, call the nsmagic API, show the results."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from nsmagic import host
 from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import ContainerSetupError, SpecError
 from nsmagic.runtime.container import Container, ContainerResult
-from nsmagic.runtime.launcher import close_default_launcher
 from nsmagic.runtime.spec import DEFAULT_NAMESPACES, ContainerSpec
 
 SHELLS = {"bash": "/bin/bash", "sh": "/bin/sh"}
@@ -203,28 +202,4 @@ def _write_stderr(text: str) -> None:
     sys.stderr.flush()
 
 
-_loaded: dict[int, ContainerMagics] = {}
-
-
-def load(ipython: Any) -> None:
-    """Register the magics with this shell (idempotent)."""
-    if id(ipython) in _loaded:
-        return
-    magics = ContainerMagics(ipython)
-    ipython.register_magics(magics)
-    _loaded[id(ipython)] = magics
-
-
-def unload(ipython: Any) -> None:
-    """Remove our magics and stop our helper processes; IPython has no public unregister."""
-    magics = _loaded.pop(id(ipython), None)
-    if magics is not None:
-        table = ipython.magics_manager.magics
-        for kind, names in magics.magics.items():
-            for name in names:
-                table[kind].pop(name, None)
-        ipython.magics_manager.registry.pop(type(magics).__name__, None)
-    close_default_launcher()
-
-
-__all__ = ["ContainerError", "ContainerMagics", "load", "unload"]
+__all__ = ["ContainerError", "ContainerMagics"]

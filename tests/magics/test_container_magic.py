@@ -11,7 +11,7 @@ from IPython.core.error import UsageError
 
 from nsmagic.magics import ContainerError
 
-from .conftest import our_processes, wait_until
+from ..conftest import our_processes, wait_until
 
 
 def run_cell(shell, source):
@@ -20,8 +20,8 @@ def run_cell(shell, source):
 
 
 def test_a_python_cell_runs_isolated_and_prints(ipython_shell, capsys):
-    result = run_cell(ipython_shell, "%%container --hostname lab1\n"
-                                     "import os, socket\nprint(os.getpid(), socket.gethostname())\n")
+    result = run_cell(ipython_shell, "%%container --hostname lab1\nimport os, socket\n"
+                                     "print(os.getpid(), socket.gethostname())\n")
     assert result.success
     assert capsys.readouterr().out == "2 lab1\n"
 

@@ -1,0 +1,37 @@
+"""IPython glue only: the magics parse options, call the nsmagic API and show results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nsmagic.magics.container import ContainerError, ContainerMagics
+from nsmagic.runtime.launcher import close_default_launcher
+
+# Every Magics class the extension registers; each is a traitlets Configurable, so
+# %config <ClassName>.<option> works for all of them.
+MAGIC_CLASSES: list[type] = [ContainerMagics]
+_loaded: dict[int, list[Any]] = {}
+
+
+def load(ipython: Any) -> None:
+    """Register the magics with this shell (idempotent)."""
+    if id(ipython) in _loaded:
+        return
+    instances = [cls(ipython) for cls in MAGIC_CLASSES]
+    for magics in instances:
+        ipython.register_magics(magics)
+    _loaded[id(ipython)] = instances
+
+
+def unload(ipython: Any) -> None:
+    """Remove our magics and stop our helper processes; IPython has no public unregister."""
+    for magics in _loaded.pop(id(ipython), []):
+        table = ipython.magics_manager.magics
+        for kind, names in magics.magics.items():
+            for name in names:
+                table[kind].pop(name, None)
+        ipython.magics_manager.registry.pop(type(magics).__name__, None)
+    close_default_launcher()
+
+
+__all__ = ["ContainerError", "ContainerMagics", "MAGIC_CLASSES", "load", "unload"]
