@@ -68,7 +68,7 @@ def run_in_v2_guest(
 
     The guest sees the host's / read-only (9p), fresh tmpfs on /tmp, /run and /var/tmp, and
     cgroup2 at /sys/fs/cgroup. The command's stdout, stderr and exit status come back through
-    a second, writable 9p share of a host temp folder (mounted at /run/nsmagic-vm), not the
+    a second, writable 9p share of a host temp folder (mounted at /run/vm-results), not the
     serial console, where kernel messages would interleave. exit_status is None when the
     command did not finish (see timed_out, failure and console).
     """

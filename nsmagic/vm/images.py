@@ -44,8 +44,8 @@ READY_MARKER = "NSMAGIC-READY"
 EXIT_MARKER = "NSMAGIC-EXIT"
 # Where the per-run host folder is mounted inside the chroot; /run is a guest tmpfs, so the
 # mount point can be created although the host root is read-only.
-RESULTS_MOUNT = "/run/nsmagic-vm"
-RESULTS_TAG = "nsmagic_results"
+RESULTS_MOUNT = "/run/vm-results"
+RESULTS_TAG = "vmresults"
 HOSTROOT_TAG = "hostroot"
 
 _APPLETS = ("sh", "mount", "umount", "insmod", "mkdir", "chroot", "cat", "sync", "poweroff")

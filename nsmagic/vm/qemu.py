@@ -406,7 +406,7 @@ _kvm_answer: tuple[bool, str] | None = None
 _kvm_lock = threading.Lock()
 
 
-def kvm_works(probe_timeout: float = 6.0) -> tuple[bool, str]:
+def kvm_works(probe_timeout: float = 4.0) -> tuple[bool, str]:
     """(True, why) when KVM can boot a guest here; probed once per process with a short boot.
 
     /dev/kvm existing proves little: on a nested host KVM may fail only once the guest runs,
