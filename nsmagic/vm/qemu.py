@@ -39,7 +39,13 @@ _KVM_ERROR_RE = re.compile(r"KVM internal error|failed to initialize kvm|Could n
 
 # Kernel arguments: the console on the first serial port, no reboot loop on panic (with
 # -no-reboot a panic then ends qemu at once), and quiet so the console is mostly ours.
-_CMDLINE = "console=ttyS0 quiet panic=-1"
+# The rest is what microVM setups pass to cut boot time: no i8042 probe (there is no PS/2
+# controller to find, and the probe waits for time-outs), one UART, and no crypto self-tests
+# (the largest single saving here: about 0.3 s of 1.1 s guest uptime under TCG).
+_CMDLINE = (
+    "console=ttyS0 quiet panic=-1"
+    " i8042.noaux i8042.nokbd i8042.nopnp 8250.nr_uarts=1 cryptomgr.notests"
+)
 # microvm has no PCI bus (the kernel still prints one line about it).
 _MACHINE_CMDLINE = {"microvm": " pci=off"}
 
