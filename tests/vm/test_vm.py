@@ -227,3 +227,28 @@ def test_qemu_dies_with_a_keyboard_interrupt() -> None:
     assert_no_qemu_left()
     for pid in seen:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_qemu_dies_with_its_python_even_on_sigkill() -> None:
+    # No finally block runs after SIGKILL: only the parent-death signal set on qemu saves it.
+    need_qemu()
+    build_image("micro")
+    code = (
+        "from nsmagic.vm import boot\nboot('micro', accel='tcg', timeout=600, extra_args=['-S'])\n"
+    )
+    owner = psutil.Popen([str(PYTHON), "-c", code], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        qemus: list[psutil.Process] = []
+        while not qemus and time.monotonic() < deadline:
+            qemus = [p for p in owner.children(recursive=True) if "qemu" in p.name()]
+            time.sleep(0.05)
+        assert qemus, "qemu never started"
+        owner.kill()
+        owner.wait(10)
+        gone, alive = psutil.wait_procs(qemus, timeout=10)
+        assert not alive, f"qemu survived the SIGKILL of its owner: {[p.pid for p in alive]}"
+    finally:
+        if owner.is_running():
+            owner.kill()
+            owner.wait(10)
