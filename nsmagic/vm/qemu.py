@@ -99,7 +99,8 @@ class VMResult:
     total_wall_s: float = 0.0  # launch to qemu exit (or kill)
     timed_out: bool = False
     qemu_returncode: int | None = None
-    exit_status: int | None = None  # the guest command's status, if one was run
+    ran_command: bool = False  # a command was given (v2 guest); exit_status then matters
+    exit_status: int | None = None  # the command's status; None if it never finished
     stdout: str = ""
     stderr: str = ""
     console: str = ""  # everything qemu and the serial console printed
@@ -114,7 +115,9 @@ class VMResult:
     @property
     def ok(self) -> bool:
         """Booted, and the command (if any) exited with status 0."""
-        return self.ready and not self.timed_out and self.exit_status in (0, None)
+        if not self.ready or self.timed_out:
+            return False
+        return self.exit_status == 0 if self.ran_command else True
 
     def summary(self) -> str:
         """One line for logs and test output."""
@@ -331,6 +334,7 @@ def boot(
             smp=smp,
             kernel_bytes=image.kernel_bytes,
             initramfs_bytes=image.initramfs_bytes,
+            ran_command=script is not None,
             argv=argv,
         )
         _run_qemu(argv, timeout, result)

@@ -133,12 +133,14 @@ def test_micro_vm_boots_and_reports_sane_figures() -> None:
     assert 0 < result.qemu_pss_bytes <= result.qemu_rss_bytes
     assert result.qemu_cpu_s > 0
     assert result.exit_status is None, "the micro guest runs no command"
+    assert result.ok
 
 
 def test_v2_guest_has_cgroup2_with_the_controllers(v2_guest: None) -> None:
     result = run_in_v2_guest("cat /sys/fs/cgroup/cgroup.controllers", timeout=BOOT_TIMEOUT)
     print(result.summary())
     assert result.exit_status == 0, (result.stderr, result.console[-2000:])
+    assert result.ok
     assert {"cpu", "memory", "pids"} <= set(result.stdout.split())
     assert result.machine == "q35"
     assert result.boot_wall_s > 0 and result.guest_uptime_s > 0
@@ -195,6 +197,7 @@ def test_a_hanging_command_is_killed_at_the_timeout(v2_guest: None) -> None:
     elapsed = time.monotonic() - started
     assert result.timed_out
     assert result.exit_status is None
+    assert not result.ok
     assert result.ready
     assert result.stdout == "started\n", "what the command printed before the kill comes back"
     assert elapsed < 45
