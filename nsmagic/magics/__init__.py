@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from nsmagic.magics.cgroup import CgroupMagics
 from nsmagic.magics.container import ContainerError, ContainerMagics
 from nsmagic.runtime.launcher import close_default_launcher
 
 # Every Magics class the extension registers; each is a traitlets Configurable, so
 # %config <ClassName>.<option> works for all of them.
-MAGIC_CLASSES: list[type] = [ContainerMagics]
+MAGIC_CLASSES: list[type] = [ContainerMagics, CgroupMagics]
 _loaded: dict[int, list[Any]] = {}
 
 

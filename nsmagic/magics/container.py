@@ -11,7 +11,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Unicode
 
-from nsmagic import host
+from nsmagic import cgroup_api, host
 from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import ContainerSetupError, SpecError
 from nsmagic.runtime.container import Container, ContainerResult
@@ -67,6 +67,8 @@ class ContainerMagics(Magics):
     @argument("--pids", help="most processes at once, e.g. 64")
     @argument("--cpu-weight", help="relative CPU weight 1-10000 (100 is the default)")
     @argument("--cpuset", help="CPUs the container may use, e.g. 0 or 0-1")
+    @argument("--cgroup", metavar="NAME",
+              help="run in a group made with %%cgroup create (instead of limit options)")
     @argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE",
               help="set an environment variable inside (repeatable)")
     @argument("--timeout", type=float, help="kill the container after this many seconds")
@@ -99,13 +101,16 @@ class ContainerMagics(Magics):
             kind, shell = "shell", SHELLS[args.command[0]]
         elif args.shell:
             kind, shell = "shell", SHELLS["sh"]
-        spec = self._spec_from(args)
+        spec, notes = self._spec_from(args)
         report = _probe_quietly()
         if report is not None and report.tier == "none":
             raise UsageError(
                 "this host allows no namespaces here (no root and no user namespaces); "
                 "run %nsmagic doctor to see why."
             )
+        if not args.quiet:
+            for note in notes:
+                print(f"nsmagic: {note}", file=sys.stderr)
         container = Container(spec)
         count = getattr(self.shell, "execution_count", 0)
         try:
@@ -121,9 +126,15 @@ class ContainerMagics(Magics):
             raise ContainerError(f"{error}; it was killed") from None
         finally:
             container.close()
+        # Reachable from -o: the limits in force (for --cgroup, the group's own).
+        result.limits = _limits_in_force(spec)
         if not args.quiet:
             for warning in result.warnings:
                 print(f"nsmagic: {warning}", file=sys.stderr)
+            if result.oom is not None and result.describe() != result.oom["text"]:
+                # A process was OOM-killed, but not the payload itself (or the payload
+                # failed for another reason): still say so.
+                print(f"nsmagic: a process was {result.oom['text']}", file=sys.stderr)
         self._report_failure(result, args.no_raise)
         return result if args.output_result else None
 
@@ -133,6 +144,8 @@ class ContainerMagics(Magics):
             return
         if result.exception is not None:
             failure = ContainerError(str(result.exception), result.exception.traceback)
+        elif result.oom is not None and result.describe() == result.oom["text"]:
+            failure = ContainerError(result.describe())  # "killed: out of memory, limit ..."
         else:
             failure = ContainerError(f"the container ended with {result.describe()}")
         if no_raise:
@@ -148,7 +161,7 @@ class ContainerMagics(Magics):
         except SystemExit:  # argparse's way of saying "bad option" in some versions
             raise UsageError(f"bad options: {line!r}; see %%container?") from None
 
-    def _spec_from(self, args: Any) -> ContainerSpec:
+    def _spec_from(self, args: Any) -> tuple[ContainerSpec, list[str]]:
         namespaces = set(DEFAULT_NAMESPACES)
         for name in ("pid", "uts", "ipc", "net", "mount"):
             if getattr(args, f"no_{name}"):
@@ -165,13 +178,27 @@ class ContainerMagics(Magics):
                 raise UsageError(f"--env takes KEY=VALUE, not {item!r}.")
             env[key] = value
         try:
-            limits = Limits.parse(
-                cpus=args.cpus or self.cpus, memory=args.memory or self.memory,
-                memory_swap=args.memory_swap, pids=args.pids or self.pids,
-                cpu_weight=args.cpu_weight, cpuset=args.cpuset,
-            )
-            return ContainerSpec.build(namespaces=namespaces, userns=userns,
-                                       hostname=args.hostname, limits=limits, env=env)
+            if args.cgroup is not None:
+                # The group's limits apply: configured defaults do not, explicit options are
+                # refused by ContainerSpec.build.
+                limits = Limits.parse(cpus=args.cpus, memory=args.memory,
+                                      memory_swap=args.memory_swap, pids=args.pids,
+                                      cpu_weight=args.cpu_weight, cpuset=args.cpuset)
+                ContainerSpec.build(namespaces=namespaces, userns=userns, limits=limits,
+                                    cgroup=args.cgroup)
+                options, notes = cgroup_api.container_options(args.cgroup)
+                limits = options.pop("limits", limits)
+            else:
+                limits = Limits.parse(
+                    cpus=args.cpus or self.cpus, memory=args.memory or self.memory,
+                    memory_swap=args.memory_swap, pids=args.pids or self.pids,
+                    cpu_weight=args.cpu_weight, cpuset=args.cpuset,
+                )
+                options, notes = {}, []
+            spec = ContainerSpec.build(namespaces=namespaces, userns=userns,
+                                       hostname=args.hostname, limits=limits, env=env,
+                                       **options)
+            return spec, notes
         except SpecError as error:
             raise UsageError(str(error)) from None
 
@@ -183,6 +210,15 @@ class ContainerMagics(Magics):
             print(host.probe().describe())
             return
         raise UsageError(f"%nsmagic does not know {line!r}; try %nsmagic doctor.")
+
+
+def _limits_in_force(spec: ContainerSpec) -> Limits:
+    if spec.cgroup is None:
+        return spec.limits
+    try:
+        return cgroup_api.get(spec.cgroup).limits()
+    except (SpecError, OSError):
+        return spec.limits
 
 
 def _probe_quietly() -> host.HostReport | None:
