@@ -185,7 +185,8 @@ class CgroupMagics(Magics):
             head, command = words[:1], words[1:]
         args = _parse("run", shlex.join(head))
         if args.command:
-            raise UsageError("put the command after --: %cgroup run NAME -- cmd args...")
+            raise UsageError("%cgroup run: put the command after --: %cgroup run NAME "
+                             "[options] -- cmd args...")
         if not command:
             raise UsageError(f"%cgroup run needs a command: %cgroup run {args.name} -- cmd "
                              "args...")
@@ -220,7 +221,10 @@ def _parse(sub: str, rest: str) -> argparse.Namespace:
     except UsageError as error:
         if "required: name" in str(error):
             raise UsageError(f"%cgroup {sub} needs a NAME, e.g. %cgroup {sub} exp1.") from None
-        raise UsageError(f"%cgroup {sub}: {error} (see %cgroup?).") from None
+        hint = " (see %cgroup?)"
+        if sub == "run" and "unrecognized arguments" in str(error):
+            hint = "; put the command after --: %cgroup run NAME [options] -- cmd args..."
+        raise UsageError(f"%cgroup {sub}: {error}{hint}.") from None
 
 
 def _print_notes(notes: list[str]) -> None:
