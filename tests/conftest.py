@@ -11,7 +11,7 @@ import pytest
 from nsmagic.runtime.launcher import close_default_launcher
 
 IS_ROOT = os.geteuid() == 0
-OUR_PROCESS_NAMES = ("nsmagic-sup", "nsmagic-init", "nsmagic-zygote")
+OUR_PROCESS_NAMES = ("nsmagic-sup", "nsmagic-init", "nsmagic-zygote", "nsmagic-warm")
 
 
 def our_processes() -> list[str]:
@@ -30,6 +30,11 @@ def our_processes() -> list[str]:
         if name.startswith(OUR_PROCESS_NAMES) and state != "Z":
             found.append(f"{entry} {name}")
     return found
+
+
+def running_containers() -> list[str]:
+    """Processes of containers that are running (not the fork server or its warm pool)."""
+    return [p for p in our_processes() if p.endswith(("nsmagic-init", "nsmagic-sup"))]
 
 
 def our_mounts() -> list[str]:

@@ -275,11 +275,13 @@ class Container:
             self.result.exception = RemoteException(message["type"], message["message"],
                                                     message["traceback"])
         elif event == "payload-exited":
+            self.result.timings["payload_exited_s"] = now
             self.result.exit_code = message.get("code")
             self.result.signal = message.get("signal")
         elif event == "warning":
             self.result.warnings.append(message["message"])
         elif event == "exited":
+            self.result.timings["exited_s"] = now
             self.result.oom = message.get("oom")
             self.result.stats = message.get("stats")
             if self.result.exit_code is None and self.result.signal is None:

@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import socket
+from collections.abc import Callable
 
 from nsmagic.isolation import mounts, network, syscalls
 from nsmagic.runtime import protocol
@@ -22,8 +23,16 @@ def setup_inside(spec: ContainerSpec) -> list[str]:
     """Configure the namespaces this process was created in; return warnings for the user.
 
     One ordered checklist, in the order the kernel needs: mounts first (they need the
-    private propagation before anything is mounted), then the host name and the network.
+    private propagation before anything is mounted), then the network, then the host name.
     """
+    warnings = prepare_namespaces(spec)
+    name_host(spec)
+    return warnings
+
+
+def prepare_namespaces(spec: ContainerSpec) -> list[str]:
+    """The part of the set-up that depends only on which namespaces and mounts a spec has
+    (so a pre-warmed container can do it before knowing the rest)."""
     warnings: list[str] = []
     if "mount" in spec.namespaces:
         mounts.make_mounts_private()
@@ -33,45 +42,66 @@ def setup_inside(spec: ContainerSpec) -> list[str]:
                 warnings.append(warning)
         if spec.private_tmp:
             mounts.mount_private_tmp()
-    if "uts" in spec.namespaces:
-        socket.sethostname(spec.effective_hostname)
     if "net" in spec.namespaces:
         network.bring_loopback_up()
     return warnings
 
 
+def name_host(spec: ContainerSpec) -> None:
+    """Set the container's host name in its UTS namespace."""
+    if "uts" in spec.namespaces:
+        socket.sethostname(spec.effective_hostname)
+
+
+class PidOne:
+    """What pid 1 does once its namespaces are ready: start the payload, forward signals to
+    it, reap every zombie, and end the container when the payload ends."""
+
+    def __init__(self, lifeline_fd: int) -> None:
+        syscalls.set_process_name("nsmagic-init")
+        # Subreaper so that, without a pid namespace too, orphans come back here to be reaped.
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+        self.lifeline_fd = lifeline_fd
+        self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_write, warn_on_full_buffer=False)
+        self.pending: list[int] = []
+        # pid 1 ignores every signal it has no handler for, so forwarding needs real handlers.
+        for signum in (*FORWARDED_SIGNALS, signal.SIGCHLD):
+            signal.signal(signum, self._remember)
+
+    def _remember(self, signum: int, _frame: object) -> None:
+        self.pending.append(signum)
+
+    def fork_payload(self, run: Callable[[], int], close_in_child: list[int] = ()) -> int:
+        """Fork the payload process, which calls run() and exits with what it returns."""
+        payload_pid = os.fork()
+        if payload_pid == 0:
+            for fd in close_in_child:
+                os.close(fd)
+            os.close(self.lifeline_fd)
+            os.close(self.wake_read)
+            os.close(self.wake_write)
+            signal.set_wakeup_fd(-1)
+            code = 1
+            try:
+                code = run()
+            finally:
+                os._exit(code)
+        return payload_pid
+
+    def supervise(self, payload_pid: int, ctl_fd: int) -> int:
+        """Wait for the payload, report how it ended, kill what it left; return our exit code."""
+        status = _supervise_payload(payload_pid, self.wake_read, self.lifeline_fd, self.pending)
+        protocol.send(ctl_fd, {"event": "payload-exited", **status})
+        _kill_leftovers()
+        return status.get("code", 128 + status.get("signal", 0))
+
+
 def run_init(spec: ContainerSpec, payload: Payload, ctl_fd: int, lifeline_fd: int) -> int:
     """Be the container's init until the payload ends; return the exit code for pid 1."""
-    syscalls.set_process_name("nsmagic-init")
-    # Subreaper so that, without a pid namespace too, orphans come back here to be reaped.
-    syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
-    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
-    pending: list[int] = []
-
-    def remember(signum: int, _frame: object) -> None:
-        pending.append(signum)
-
-    # pid 1 ignores every signal it has no handler for, so forwarding needs real handlers.
-    for signum in (*FORWARDED_SIGNALS, signal.SIGCHLD):
-        signal.signal(signum, remember)
-
-    payload_pid = os.fork()
-    if payload_pid == 0:
-        os.close(lifeline_fd)
-        os.close(wake_read)
-        os.close(wake_write)
-        signal.set_wakeup_fd(-1)
-        code = 1
-        try:
-            code = run_payload(payload, ctl_fd, spec.env, spec.cwd)
-        finally:
-            os._exit(code)
-
-    status = _supervise_payload(payload_pid, wake_read, lifeline_fd, pending)
-    protocol.send(ctl_fd, {"event": "payload-exited", **status})
-    _kill_leftovers()
-    return status.get("code", 128 + status.get("signal", 0))
+    init = PidOne(lifeline_fd)
+    payload_pid = init.fork_payload(lambda: run_payload(payload, ctl_fd, spec.env, spec.cwd))
+    return init.supervise(payload_pid, ctl_fd)
 
 
 def _supervise_payload(payload_pid: int, wake_fd: int, lifeline_fd: int,

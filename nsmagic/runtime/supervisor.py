@@ -16,6 +16,7 @@ from nsmagic.errors import ContainerSetupError
 from nsmagic.isolation import namespaces, syscalls
 from nsmagic.runtime import protocol
 from nsmagic.runtime.init import run_init, setup_inside
+from nsmagic.runtime.pool import WarmContainer
 from nsmagic.runtime.spec import ContainerSpec, Payload
 
 # Exit code of pid 1 when the container could not be set up (the payload never ran).
@@ -115,6 +116,24 @@ class SupervisedContainer:
             if userns:
                 os.waitpid(child, 0)
         protocol.send(self.ctl, {"event": "started", "pid": self.init_pid,
+                                 "cgroup": self.cgroup.name if self.cgroup else None,
+                                 "cgroup_driver": getattr(self.cgroup_driver, "name", None),
+                                 "warnings": self._limit_warnings()})
+
+    def adopt(self, warm: WarmContainer) -> None:
+        """Take over a pre-warmed pid 1 instead of creating one (see pool.py)."""
+        try:
+            self.cgroup, self.init_pid, self.pidfd = warm.cgroup, warm.pid, warm.pidfd
+            self._lifeline_write = warm.lifeline_write
+            warm.hand_over(self.spec, self.payload, [self.ctl.fileno(), self.stdout_fd,
+                                                     self.stderr_fd])
+        except Exception as error:  # noqa: BLE001
+            raise ContainerSetupError(f"handing over to a warm container: {explain(error)}") \
+                from error
+        finally:
+            for fd in (self.stdout_fd, self.stderr_fd):
+                os.close(fd)
+        protocol.send(self.ctl, {"event": "started", "pid": self.init_pid, "warm": True,
                                  "cgroup": self.cgroup.name if self.cgroup else None,
                                  "cgroup_driver": getattr(self.cgroup_driver, "name", None),
                                  "warnings": self._limit_warnings()})

@@ -13,7 +13,7 @@ import sys
 from nsmagic.cgroups.base import CgroupDriver
 from nsmagic.errors import ContainerSetupError
 from nsmagic.isolation import syscalls
-from nsmagic.runtime import protocol
+from nsmagic.runtime import pool, protocol
 from nsmagic.runtime.spec import ContainerSpec, Payload
 from nsmagic.runtime.supervisor import SupervisedContainer, send_quietly
 
@@ -36,6 +36,9 @@ class ForkServer:
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self._driver: CgroupDriver | None | bool = False  # False: not detected yet
         self._served = 0
+        self.pool_size = 0 if once else pool.pool_size_from_environment()
+        self.warm: list[pool.WarmContainer] = []
+        self._warm_failures = 0
 
     def cgroup_driver(self) -> CgroupDriver | None:
         """The host's cgroup driver, detected on first use."""
@@ -54,22 +57,83 @@ class ForkServer:
         self.selector.register(self.control, selectors.EVENT_READ, None)
         try:
             while True:
-                for key, _ in self.selector.select():
+                # Refill the warm pool only when idle: a request waiting now comes first.
+                idle_wait = 0 if self._pool_wants_more() else None
+                events = self.selector.select(idle_wait)
+                if not events:
+                    self._add_warm_container()
+                for key, _ in events:
                     if key.data is None:
                         if not self._handle_request():
                             return
                     else:
-                        container, what = key.data
+                        subject, what = key.data
                         if what == "pid":
-                            self._reap(container)
+                            self._reap(subject)
+                        elif what == "warm":
+                            self._handle_warm_message(subject)
                         else:
-                            self._handle_container_message(container)
+                            self._handle_container_message(subject)
                 if self.once and self._served and not self.containers:
                     return
         finally:
+            for warm in self.warm:
+                self.selector.unregister(warm.sync)
+                warm.discard()
             for container in list(self.containers):
                 self._forget(container)
                 container.release()
+
+    # -- the warm pool -------------------------------------------------------------------
+    def _pool_wants_more(self) -> bool:
+        # Start warming only once containers are asked for, and stop after repeated
+        # failures (a host that refuses some step would otherwise fork in a loop).
+        # Warming runs only while no container does: moving a process into a v1 cgroup holds
+        # a lock that stalls every fork and exit on the host for a grace period, and a
+        # running container must not pay for the next one.
+        return (self._served > 0 and not self.containers and len(self.warm) < self.pool_size
+                and self._warm_failures < 3 and os.geteuid() == 0)
+
+    def _add_warm_container(self) -> None:
+        try:
+            warm = pool.start_warm_container(self.cgroup_driver_for_pool(),
+                                             self.own_pid_namespace)
+        except Exception:  # noqa: BLE001 - warm containers are an optimisation only
+            self._warm_failures += 1
+            return
+        self.warm.append(warm)
+        self.selector.register(warm.sync, selectors.EVENT_READ, (warm, "warm"))
+
+    def cgroup_driver_for_pool(self) -> CgroupDriver | None:
+        """Warm containers get a cgroup only where real cgroups exist."""
+        driver = self.cgroup_driver()
+        return driver if driver is not None and driver.name in ("v1", "v2") else None
+
+    def _handle_warm_message(self, warm: pool.WarmContainer) -> None:
+        try:
+            message = warm.sync.recv(4096)
+        except OSError:
+            message = b""
+        if message == b"warm":
+            warm.ready = True
+            return
+        # It died or failed to get ready: drop it.
+        self._warm_failures += 1
+        self.warm.remove(warm)
+        self.selector.unregister(warm.sync)
+        warm.discard()
+
+    def _take_warm(self, spec: ContainerSpec) -> pool.WarmContainer | None:
+        if not pool.matches_warm_profile(spec):
+            return None
+        if not spec.limits.is_empty() and self.cgroup_driver_for_pool() is None:
+            return None  # rlimit limits are set at creation: the cold path does that
+        for warm in self.warm:
+            if warm.ready:
+                self.warm.remove(warm)
+                self.selector.unregister(warm.sync)
+                return warm
+        return None
 
     def _handle_request(self) -> bool:
         request, fds = protocol.receive(self.control, max_fds=3)
@@ -104,8 +168,12 @@ class ForkServer:
                 os.close(fd)
             return
         container = SupervisedContainer(spec, payload, ctl_fd, stdout_fd, stderr_fd, driver)
+        warm = self._take_warm(spec)
         try:
-            container.create(self.own_pid_namespace)
+            if warm is not None:
+                container.adopt(warm)
+            else:
+                container.create(self.own_pid_namespace)
         except ContainerSetupError as error:
             step, _, message = str(error).partition(": ")
             send_quietly(container.ctl, {"event": "setup-failed", "step": step,

@@ -11,7 +11,7 @@ from IPython.core.error import UsageError
 
 from nsmagic.magics import ContainerError
 
-from ..conftest import our_processes, wait_until
+from ..conftest import running_containers, wait_until
 
 
 def run_cell(shell, source):
@@ -72,10 +72,10 @@ def test_dash_o_returns_the_result_object(ipython_shell):
     ],
 )
 def test_bad_options_give_one_clear_usage_error_and_start_nothing(ipython_shell, line, message):
-    before = our_processes()
+    before = running_containers()
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
         ipython_shell.run_cell_magic("container", line, "print('never')")
-    assert our_processes() == before
+    assert running_containers() == before
 
 
 def test_line_variables_are_expanded(ipython_shell, capsys):
@@ -102,7 +102,7 @@ def test_ctrl_c_interrupts_the_cell_and_kills_the_container(ipython_shell):
     result = run_cell(ipython_shell, "%%container\nimport time\nwhile True: time.sleep(0.1)")
     assert isinstance(result.error_in_exec, KeyboardInterrupt)
     assert time.monotonic() - began < 0.6 + 1.0
-    assert wait_until(lambda: not [p for p in our_processes() if "zygote" not in p], 3)
+    assert wait_until(lambda: not running_containers(), 3)
 
 
 def test_doctor_reports_every_capability(ipython_shell, capsys):

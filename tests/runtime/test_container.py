@@ -18,7 +18,7 @@ import nsmagic
 from nsmagic.errors import ContainerSetupError, SpecError
 from nsmagic.runtime.launcher import ForkServerLauncher, SpawnLauncher
 
-from ..conftest import our_processes, wait_until
+from ..conftest import our_processes, running_containers, wait_until
 
 
 def alive(pid: int) -> bool:
@@ -117,7 +117,7 @@ def test_processes_left_running_die_with_the_container():
                          "p = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
                          "print(p.pid)\n")
     assert result.ok
-    assert wait_until(lambda: not [p for p in our_processes() if "nsmagic-init" in p])
+    assert wait_until(lambda: not running_containers())
 
 
 def test_ctrl_c_stops_the_container_within_a_second_and_leaves_nothing():
@@ -187,7 +187,7 @@ def test_the_container_dies_when_the_process_that_owns_it_is_killed(tmp_path):
     owner.kill()
     owner.wait()
     assert wait_until(lambda: not alive(pid1), 5), "container outlived its owner"
-    assert wait_until(lambda: not [p for p in our_processes() if "zygote" not in p], 5)
+    assert wait_until(lambda: not running_containers(), 5)
 
 
 def test_bad_options_are_rejected_before_anything_starts():
@@ -205,7 +205,7 @@ def test_a_failing_setup_step_is_named_and_leaves_nothing():
     with pytest.raises(ContainerSetupError,
                        match="could not be created while writing the user namespace id maps"):
         nsmagic.Container(spec).run("pass")
-    assert wait_until(lambda: not [p for p in our_processes() if "zygote" not in p], 5)
+    assert wait_until(lambda: not running_containers(), 5)
 
 
 @pytest.mark.parametrize("launcher_class", [SpawnLauncher, ForkServerLauncher])
@@ -234,3 +234,43 @@ def test_many_containers_in_parallel_threads():
         thread.join()
     assert sorted(results) == [f"{i}\n" for i in range(8)]
     assert os.path.exists("/proc/self")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="warm containers are prepared for root only")
+def test_warm_and_cold_containers_are_the_same_container(monkeypatch):
+    from nsmagic.runtime.launcher import ForkServerLauncher
+
+    code = ("import os, socket\nprint(os.getpid(), os.getppid(), socket.gethostname())\n"
+            "print(sorted(p for p in os.listdir('/proc') if p.isdigit()))\n"
+            "print(os.listdir('/tmp'), open('/proc/self/cgroup').read().split()[-1])")
+    outputs = {}
+    for pool_size in ("0", "2"):
+        monkeypatch.setenv("NSMAGIC_POOL", pool_size)
+        launcher = ForkServerLauncher()
+        try:
+            nsmagic.run("pass", launcher=launcher)  # starts the server, which then warms up
+            server_pid = launcher.pid
+            results = []
+            for _ in range(3):
+                time.sleep(0.2)  # warming happens while no container runs
+                results.append(nsmagic.run(code, hostname="same", memory="64M",
+                                           launcher=launcher))
+        finally:
+            launcher.close()
+        outputs[pool_size] = {r.stdout for r in results}
+        # Closing the server discards its warm containers with it.
+        assert wait_until(lambda: not alive(server_pid), 5)
+        assert all(r.ok for r in results)
+        warm = [r.cgroup.split("-")[-1].startswith("w") for r in results]
+        assert warm == ([False] * 3 if pool_size == "0" else [True] * 3)
+    assert outputs["0"] == outputs["2"] == {"2 1 same\n['1', '2']\n[] 0::/\n"}
+    assert wait_until(lambda: not [p for p in our_processes() if "warm" in p
+                                   and _parent(int(p.split()[0])) == server_pid], 5)
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
