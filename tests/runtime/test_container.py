@@ -259,7 +259,7 @@ def test_warm_and_cold_containers_are_the_same_container(monkeypatch):
             launcher.close()
         outputs[pool_size] = {r.stdout for r in results}
         # Closing the server discards its warm containers with it.
-        assert wait_until(lambda: not alive(server_pid), 5)
+        assert wait_until(lambda pid=server_pid: not alive(pid), 5)
         assert all(r.ok for r in results)
         warm = [r.cgroup.split("-")[-1].startswith("w") for r in results]
         assert warm == ([False] * 3 if pool_size == "0" else [True] * 3)
