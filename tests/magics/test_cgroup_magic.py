@@ -31,6 +31,11 @@ MiB = 1024 * 1024
 _WARM = re.compile(r"^nsmagic-\d+-w[0-9a-f]{12}$")
 
 
+def running_containers() -> list[str]:
+    """Container processes (not the fork server, nor the idle containers of its warm pool)."""
+    return [p for p in our_processes() if p.endswith(("nsmagic-init", "nsmagic-sup"))]
+
+
 def nsmagic_cgroups() -> list[str]:
     """Every nsmagic directory under /sys/fs/cgroup except idle warm-pool groups."""
     found = subprocess.run(["find", "/sys/fs/cgroup", "-name", "nsmagic-*"],
@@ -238,7 +243,7 @@ def test_run_uses_no_namespace_so_needs_no_privilege(ipython_shell, capsys,
     inside = capsys.readouterr().out.split()
     assert inside == [os.readlink(f"/proc/self/ns/{ns}") for ns in ("user", "pid", "mnt")]
     ipython_shell.run_line_magic("cgroup", "rm g")
-    assert wait_until(lambda: not [p for p in our_processes() if "zygote" not in p], 3)
+    assert wait_until(lambda: not running_containers(), 3)
 
 
 def test_show_and_ls_tables_have_text_and_html_forms(ipython_shell, capsys):
@@ -311,12 +316,12 @@ def existing(ipython_shell):
 )
 def test_bad_input_is_one_usage_error_and_creates_nothing(ipython_shell, existing, line,
                                                           message):
-    before = (nsmagic_cgroups(), cgroup_api.names(), our_processes())
+    before = (nsmagic_cgroups(), cgroup_api.names(), running_containers())
     with pytest.raises(UsageError, match=re.escape(message)) as caught:
         ipython_shell.run_line_magic("cgroup", line)
     assert type(caught.value) is UsageError  # IPython prints exactly UsageError in one line
     assert "\n" not in str(caught.value)
-    assert (nsmagic_cgroups(), cgroup_api.names(), our_processes()) == before
+    assert (nsmagic_cgroups(), cgroup_api.names(), running_containers()) == before
 
 
 def test_container_cgroup_refuses_limits_and_unknown_groups(ipython_shell):
