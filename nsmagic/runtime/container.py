@@ -16,6 +16,7 @@ from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import ContainerSetupError
 from nsmagic.runtime import protocol
 from nsmagic.runtime.launcher import Launcher, default_launcher
+from nsmagic.runtime.registry import KEEP_EXITED, REGISTRY, ContainerRecord
 from nsmagic.runtime.spec import ContainerSpec, Payload
 
 OutputCallback = Callable[[str], None]
@@ -121,6 +122,8 @@ class Container:
         self._ctl = ours
         self._pipes = {"stdout": stdout_read, "stderr": stderr_read}
         self._started_at = time.perf_counter()
+        REGISTRY.add(ContainerRecord(self.spec.container_id, self.spec.name, self.spec.limits,
+                                     self.spec.namespaces))
         try:
             launcher.launch(self.spec, payload, stdout_write, stderr_write, theirs.fileno())
         except BaseException:
@@ -196,6 +199,8 @@ class Container:
             raise
         finally:
             selector.close()
+            REGISTRY.exited(self.spec.container_id, self.result.describe(), self.result.oom)
+            _trim_registry()
             self.result.stdout = "".join(chunks["stdout"])
             self.result.stderr = "".join(chunks["stderr"])
             self.result.timings["total_s"] = time.perf_counter() - self._started_at
@@ -268,6 +273,8 @@ class Container:
                 self._pidfd = os.pidfd_open(message["pid"])
             except ProcessLookupError:
                 pass
+            REGISTRY.started(self.spec.container_id, message["pid"], self.result.cgroup,
+                             self.result.cgroup_driver)
         elif event == "ready":
             self.result.timings["ready_s"] = now
             self.result.warnings.extend(message.get("warnings", []))
@@ -294,6 +301,12 @@ class Container:
                 f"the container could not be created{where}: {message['message']}"
             )
         return True
+
+
+def _trim_registry() -> None:
+    ended = [r for r in REGISTRY.records(include_exited=True) if r.state == "exited"]
+    for record in ended[:-KEEP_EXITED]:
+        REGISTRY.forget(record.container_id)
 
 
 def run(source: str, kind: str = "python", **options: Any) -> ContainerResult:
