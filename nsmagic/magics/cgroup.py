@@ -139,6 +139,11 @@ class CgroupMagics(Magics):
         if sub not in PARSERS:
             raise UsageError(f"%cgroup does not know {sub!r}: use create, set, show, ls, rm "
                              "or run (see %cgroup?).")
+        before_command = shlex.split(rest.partition(" -- ")[0]) if sub == "run" else None
+        if {"-h", "--help"} & set(before_command if before_command is not None
+                                  else rest.split()):
+            print(PARSERS[sub].__doc__)
+            return None
         try:
             return getattr(self, f"_do_{sub}")(rest)
         except SpecError as error:
@@ -204,6 +209,7 @@ class CgroupMagics(Magics):
             raise CgroupError(f"{error}; it was killed") from None
         finally:
             container.close()
+        result.limits = options.get("limits") or cgroup_api.get(args.name).limits()
         if not args.quiet:
             _print_notes([*notes, *result.warnings])
         if not result.ok:

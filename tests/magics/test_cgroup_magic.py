@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from IPython.core.error import UsageError
 
@@ -31,14 +32,18 @@ MiB = 1024 * 1024
 _WARM = re.compile(r"^nsmagic-\d+-w[0-9a-f]{12}$")
 
 
-def running_containers() -> list[str]:
-    """Container processes (not the fork server, nor the idle containers of its warm pool)."""
-    return [p for p in our_processes() if p.endswith(("nsmagic-init", "nsmagic-sup"))]
+def running_containers() -> list[int]:
+    """Our container processes (not the fork server, nor the idle containers of its warm
+    pool); only this test process's descendants, as other test runs may share the host."""
+    ours = {int(p.split()[0]) for p in our_processes()
+            if p.endswith(("nsmagic-init", "nsmagic-sup"))}
+    return sorted(ours & {c.pid for c in psutil.Process().children(recursive=True)})
 
 
 def nsmagic_cgroups() -> list[str]:
-    """Every nsmagic directory under /sys/fs/cgroup except idle warm-pool groups."""
-    found = subprocess.run(["find", "/sys/fs/cgroup", "-name", "nsmagic-*"],
+    """This process's nsmagic directories under /sys/fs/cgroup, except idle warm-pool groups
+    (groups are named nsmagic-<owner pid>-..., so other test runs on the host do not count)."""
+    found = subprocess.run(["find", "/sys/fs/cgroup", "-name", f"nsmagic-{os.getpid()}-*"],
                            capture_output=True, text=True, check=False).stdout.split()
     return sorted(p for p in found if not _WARM.match(Path(p).name))
 
@@ -175,6 +180,7 @@ def test_run_reports_an_oom_kill_and_a_failing_command(ipython_shell, capsys):
         ipython_shell.run_line_magic("cgroup", "run small -- sh -c 'exit 3'")
     result = ipython_shell.run_line_magic("cgroup", "run small --no-raise -o -- sh -c 'exit 3'")
     assert result.exit_code == 3 and "nsmagic: sh ended with exit status 3" in shown(capsys)
+    assert result.limits.memory == 32 * MiB and result.cgroup == f"nsmagic-{os.getpid()}-small"
     ipython_shell.run_line_magic("cgroup", "rm small")
 
 
@@ -273,6 +279,14 @@ def test_help_documents_every_subcommand(ipython_shell):
                  "%cgroup run", "--memory", "--memory-swap", "--cpu-weight", "--cpuset",
                  "--timeout", "-- command"):
         assert text in doc, text
+
+
+def test_dash_h_prints_a_subcommands_help(ipython_shell, capsys):
+    ipython_shell.run_line_magic("cgroup", "create -h")
+    out = capsys.readouterr().out
+    assert "%cgroup create" in out and "--memory-swap" in out and "%cgroup run" not in out
+    ipython_shell.run_line_magic("cgroup", "run x --help")
+    assert "--timeout" in capsys.readouterr().out
 
 
 @pytest.fixture
