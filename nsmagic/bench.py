@@ -1,0 +1,826 @@
+"""Start-up benchmarks: nsmagic against unshare, bwrap and runc, measured in one run.
+
+`python -m nsmagic bench [--runs N] [--json FILE] [--markdown FILE] [--quick] [--only KEYS]`
+
+Every benchmark is one small function registered in BENCHMARKS with @benchmark. It prepares
+what it needs (and says why it cannot, by raising Missing or NotMeasured) and returns a
+sampler: a function that starts one thing, waits for it to end, and returns the wall time in
+seconds. The runner calls each sampler once per round, in a shuffled order that changes every
+round, so the drift of a shared, noisy machine lands on every benchmark alike. Figures are
+medians with the p10-p90 spread; ratios are ratios of medians, with the spread of the
+per-round ratios next to them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.util
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA = 1
+DEFAULT_RUNS = 40
+QUICK_RUNS = 3
+WARMUP_ROUNDS = 2
+# A pause after every sample, outside the timing: the background work a sample leaves behind
+# (runc's cgroup removal, the fork server refilling its warm pool) settles before the next.
+GAP_S = 0.01
+SEED = 8
+TIMER = "time.perf_counter"
+ANCHOR_METHOD = ("subprocess.run(argv, stdout/stderr=DEVNULL) from the benchmark process, wall "
+                 "time with time.perf_counter around the call (includes Python's fork/exec of "
+                 "the tool; the 'spawn floor' row shows that fixed cost)")
+NOT_BUILT = "feature not built yet"
+
+Sampler = Callable[[], float]
+
+
+class Missing(Exception):
+    """This benchmark cannot run here (tool absent, not root, ...); the message says why."""
+
+
+class NotMeasured(Exception):
+    """This benchmark has nothing to measure yet; the message says why."""
+
+
+class SampleFailed(Exception):
+    """One sample did not do what it should (non-zero exit, container error)."""
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    key: str
+    label: str
+    group: str  # "anchor", "api", "kernel" or "future"
+    prepare: Callable[[Context], Sampler]
+
+
+BENCHMARKS: list[Benchmark] = []
+
+
+def benchmark(key: str, label: str, group: str) -> Callable[[Callable], Callable]:
+    """Register prepare(ctx) -> sampler as one row of the table."""
+
+    def register(prepare: Callable[[Context], Sampler]) -> Callable[[Context], Sampler]:
+        BENCHMARKS.append(Benchmark(key, label, group, prepare))
+        return prepare
+
+    return register
+
+
+@dataclass
+class Context:
+    """Resources shared between benchmarks (launchers, a kernel, a runc bundle), closed once."""
+
+    quick: bool = False
+    shared: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    phases: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def get(self, name: str, make: Callable[[], Any]) -> Any:
+        """The shared resource called name, made on first use."""
+        if name not in self.shared:
+            self.shared[name] = make()
+        return self.shared[name]
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        self._closers.append(closer)
+
+    def close(self) -> None:
+        while self._closers:
+            try:
+                self._closers.pop()()
+            except Exception as error:  # noqa: BLE001 - clean up the rest regardless
+                self.notes.append(f"clean-up failed: {error}")
+
+
+# -- anchors ---------------------------------------------------------------------------------
+def _require_tool(name: str, package: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        raise Missing(f"{name} not found (Debian package {package})")
+    return path
+
+
+def _check_command(argv: list[str]) -> None:
+    """Run argv once; raise Missing with its last stderr line when it fails here."""
+    try:
+        completed = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                   text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise Missing(f"{os.path.basename(argv[0])} cannot run here: {error}") from error
+    if completed.returncode != 0:
+        lines = (completed.stderr or completed.stdout).strip().splitlines() or ["no message"]
+        raise Missing(f"{os.path.basename(argv[0])} fails here (exit {completed.returncode}): "
+                      f"{lines[-1][:200]}")
+
+
+def _command_sampler(argv: list[str]) -> Sampler:
+    def sample() -> float:
+        start = time.perf_counter()
+        completed = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, check=False)
+        elapsed = time.perf_counter() - start
+        if completed.returncode != 0:
+            raise SampleFailed(f"{argv[0]} exited with status {completed.returncode}")
+        return elapsed
+
+    return sample
+
+
+@benchmark("floor", "spawn floor: /bin/true via subprocess.run", "anchor")
+def bench_floor(ctx: Context) -> Sampler:
+    argv = [_require_tool("true", "coreutils")]
+    _check_command(argv)
+    return _command_sampler(argv)
+
+
+@benchmark("unshare", "unshare --fork --pid --mount-proc --uts --ipc --net --mount true",
+           "anchor")
+def bench_unshare(ctx: Context) -> Sampler:
+    argv = [_require_tool("unshare", "util-linux"), "--fork", "--pid", "--mount-proc", "--uts",
+            "--ipc", "--net", "--mount", "true"]
+    _check_command(argv)
+    return _command_sampler(argv)
+
+
+@benchmark("bwrap", "bwrap --unshare-all --dev-bind / / --proc /proc true", "anchor")
+def bench_bwrap(ctx: Context) -> Sampler:
+    argv = [_require_tool("bwrap", "bubblewrap"), "--unshare-all", "--dev-bind", "/", "/",
+            "--proc", "/proc", "true"]
+    _check_command(argv)
+    return _command_sampler(argv)
+
+
+def build_runc_bundle(directory: str, runc: str, busybox: str) -> str:
+    """A minimal OCI bundle in directory: a static busybox and /bin/true; returns its path."""
+    bundle = os.path.join(directory, "bundle")
+    bin_dir = os.path.join(bundle, "rootfs", "bin")
+    os.makedirs(bin_dir)
+    shutil.copy2(busybox, os.path.join(bin_dir, "busybox"))
+    os.symlink("busybox", os.path.join(bin_dir, "true"))
+    subprocess.run([runc, "spec"], cwd=bundle, check=True, capture_output=True)
+    config_path = os.path.join(bundle, "config.json")
+    with open(config_path) as handle:
+        config = json.load(handle)
+    config["process"]["args"] = ["/bin/true"]
+    config["process"]["terminal"] = False
+    with open(config_path, "w") as handle:
+        json.dump(config, handle, indent=2)
+    return bundle
+
+
+def _static_busybox() -> str:
+    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
+        if os.path.exists(candidate):
+            with open(candidate, "rb") as handle:
+                head = handle.read(1 << 16)
+            # A dynamic executable names its interpreter (ld-linux) near the start.
+            if b"ld-linux" not in head:
+                return candidate
+    raise Missing("no static busybox found (Debian package busybox-static)")
+
+
+@benchmark("runc", "runc run of a minimal busybox bundle (/bin/true)", "anchor")
+def bench_runc(ctx: Context) -> Sampler:
+    if os.geteuid() != 0:
+        raise Missing("runc runs as root only here, and this is not root")
+    runc = _require_tool("runc", "runc")
+    busybox = _static_busybox()
+    directory = tempfile.mkdtemp(prefix="nsmagic-bench-runc-")
+    ctx.on_close(lambda: shutil.rmtree(directory, ignore_errors=True))
+    bundle = build_runc_bundle(directory, runc, busybox)
+    state = os.path.join(directory, "state")  # runc's own state dir: nothing shared
+    counter = iter(range(1 << 30))
+    prefix = f"nsmagic-bench-{os.getpid()}"
+
+    def argv_for(container_id: str) -> list[str]:
+        return [runc, "--root", state, "run", "--bundle", bundle, container_id]
+
+    def delete(container_id: str) -> None:
+        subprocess.run([runc, "--root", state, "delete", "-f", container_id],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
+
+    first = f"{prefix}-check"
+    try:
+        _check_command(argv_for(first))
+    finally:
+        delete(first)
+
+    def sample() -> float:
+        container_id = f"{prefix}-{next(counter)}"
+        try:
+            return _command_sampler(argv_for(container_id))()
+        finally:
+            delete(container_id)  # untimed; runc run already removed it when all went well
+
+    return sample
+
+
+# -- ours, through the API -------------------------------------------------------------------
+def _pool_module() -> Any | None:
+    """nsmagic.runtime.pool when this build has a warm pool knob, else None."""
+    try:
+        from nsmagic.runtime import pool
+    except ImportError:
+        return None
+    return pool if hasattr(pool, "pool_size_from_environment") else None
+
+
+def _fork_server(ctx: Context, pool_size: int | None) -> Any:
+    """A fork server of our own (not the process-wide one), with NSMAGIC_POOL=pool_size."""
+    from nsmagic.runtime.launcher import ForkServerLauncher
+
+    def make() -> Any:
+        launcher = ForkServerLauncher()
+        saved = os.environ.get("NSMAGIC_POOL")
+        if pool_size is not None:
+            os.environ["NSMAGIC_POOL"] = str(pool_size)
+        try:
+            launcher.ping()  # starts the server with this environment
+        finally:
+            if saved is None:
+                os.environ.pop("NSMAGIC_POOL", None)
+            else:
+                os.environ["NSMAGIC_POOL"] = saved
+        ctx.on_close(launcher.close)
+        return launcher
+
+    return ctx.get(f"forkserver-pool-{pool_size}", make)
+
+
+def _api_sampler(ctx: Context, key: str, launcher: Any, **options: Any) -> Sampler:
+    import nsmagic
+
+    phases = ctx.phases.setdefault(key, [])
+
+    def sample() -> float:
+        start = time.perf_counter()
+        result = nsmagic.run("pass", launcher=launcher, **options)
+        elapsed = time.perf_counter() - start
+        if not result.ok:
+            raise SampleFailed(f"nsmagic.run('pass') ended with {result.describe()}")
+        phases.append(dict(result.timings))
+        return elapsed
+
+    first = sample()  # the check run; also warms the launcher
+    del first
+    phases.clear()
+    return sample
+
+
+LIMITS = {"cpus": 0.5, "memory": "256M", "pids": 64}
+
+
+def _pool_size() -> int:
+    pool = _pool_module()
+    if pool is None:
+        raise NotMeasured("this build has no warm pool (nsmagic.runtime.pool)")
+    return pool.DEFAULT_POOL_SIZE
+
+
+@benchmark("api", "nsmagic.run('pass'): default namespaces, no limits, fork server, no pool",
+           "api")
+def bench_api(ctx: Context) -> Sampler:
+    return _api_sampler(ctx, "api", _fork_server(ctx, 0))
+
+
+@benchmark("api_limits", "... + cpus=0.5, memory=256M, pids=64 (no pool)", "api")
+def bench_api_limits(ctx: Context) -> Sampler:
+    return _api_sampler(ctx, "api_limits", _fork_server(ctx, 0), **LIMITS)
+
+
+@benchmark("api_pool", "nsmagic.run('pass'), warm pool on (NSMAGIC_POOL default)", "api")
+def bench_api_pool(ctx: Context) -> Sampler:
+    return _api_sampler(ctx, "api_pool", _fork_server(ctx, _pool_size()))
+
+
+@benchmark("api_limits_pool", "... + the three limits, warm pool on (the shipped default)",
+           "api")
+def bench_api_limits_pool(ctx: Context) -> Sampler:
+    return _api_sampler(ctx, "api_limits_pool", _fork_server(ctx, _pool_size()), **LIMITS)
+
+
+@benchmark("api_userns", "nsmagic.run('pass', userns=True), fork server", "api")
+def bench_api_userns(ctx: Context) -> Sampler:
+    return _api_sampler(ctx, "api_userns", _fork_server(ctx, 0), userns=True)
+
+
+@benchmark("api_spawn", "nsmagic.run('pass') through SpawnLauncher (no fork server)", "api")
+def bench_api_spawn(ctx: Context) -> Sampler:
+    from nsmagic.runtime.launcher import SpawnLauncher
+
+    return _api_sampler(ctx, "api_spawn", SpawnLauncher())
+
+
+# -- ours, through %%container in a real kernel ----------------------------------------------
+class KernelSession:
+    """A python3 kernel with nsmagic loaded; times execute -> idle round trips."""
+
+    def __init__(self) -> None:
+        from jupyter_client.manager import start_new_kernel
+
+        # The kernel's own log (a warning about TCP without encryption) is not ours to print.
+        self.manager, self.client = start_new_kernel(kernel_name="python3", startup_timeout=60,
+                                                     stderr=subprocess.DEVNULL)
+        self.execute("%load_ext nsmagic")
+
+    def execute(self, code: str, timeout: float = 60) -> float:
+        """Run code; return the seconds from sending the request to the kernel going idle."""
+        start = time.perf_counter()
+        msg_id = self.client.execute(code, store_history=False)
+        errors: list[str] = []
+        while True:
+            message = self.client.get_iopub_msg(timeout=timeout)
+            if message["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = message["msg_type"], message["content"]
+            if kind == "status" and content["execution_state"] == "idle":
+                break
+            if kind == "error":
+                errors.append(f"{content['ename']}: {content['evalue']}")
+            elif kind == "stream" and content.get("name") == "stderr":
+                errors.append(content["text"].strip())
+        elapsed = time.perf_counter() - start
+        while True:
+            reply = self.client.get_shell_msg(timeout=timeout)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
+        if reply["content"]["status"] != "ok" or errors:
+            raise SampleFailed(f"cell {code!r} failed in the kernel: {'; '.join(errors)[:300]}")
+        return elapsed
+
+    def close(self) -> None:
+        try:
+            self.client.stop_channels()
+        finally:
+            self.manager.shutdown_kernel(now=True)
+
+
+def _kernel(ctx: Context) -> KernelSession:
+    if importlib.util.find_spec("jupyter_client") is None:
+        raise Missing("jupyter_client is not installed (pip install nsmagic[test])")
+
+    def make() -> KernelSession:
+        try:
+            session = KernelSession()
+        except SampleFailed as error:
+            raise Missing(f"%load_ext nsmagic failed in the kernel: {error}") from error
+        except Exception as error:  # noqa: BLE001 - no kernel: say why
+            raise Missing(f"no python3 kernel could be started: {error}") from error
+        ctx.on_close(session.close)
+        return session
+
+    return ctx.get("kernel", make)
+
+
+def _cell_sampler(ctx: Context, code: str) -> Sampler:
+    session = _kernel(ctx)
+    session.execute(code)  # check, and the first %%container starts the kernel's fork server
+
+    def sample() -> float:
+        return session.execute(code)
+
+    return sample
+
+
+@benchmark("cell_plain", "kernel round trip of a plain cell `pass`", "kernel")
+def bench_cell_plain(ctx: Context) -> Sampler:
+    return _cell_sampler(ctx, "pass")
+
+
+@benchmark("cell_container", "kernel round trip of `%%container` + `pass`", "kernel")
+def bench_cell_container(ctx: Context) -> Sampler:
+    return _cell_sampler(ctx, "%%container\npass")
+
+
+# -- figures of features still to come ------------------------------------------------------
+def _not_built(present: bool, what: str) -> NotMeasured:
+    if present:
+        return NotMeasured(f"{what} exists now, but its benchmark is not written yet")
+    return NotMeasured(NOT_BUILT)
+
+
+@benchmark("exec_named", "exec into a running named container", "future")
+def bench_exec_named(ctx: Context) -> Sampler:
+    import nsmagic
+
+    raise _not_built(hasattr(nsmagic.Container, "exec") or hasattr(nsmagic, "start"),
+                     "named containers")
+
+
+@benchmark("idle_pss", "PSS of 100 idle named containers", "future")
+def bench_idle_pss(ctx: Context) -> Sampler:
+    import nsmagic
+
+    raise _not_built(hasattr(nsmagic, "start"), "named containers")
+
+
+@benchmark("sampler_cpu", "CPU cost of the stats sampler", "future")
+def bench_sampler_cpu(ctx: Context) -> Sampler:
+    raise _not_built(importlib.util.find_spec("nsmagic.monitor") is not None, "nsmagic.monitor")
+
+
+# -- statistics ------------------------------------------------------------------------------
+def summarize(samples: list[float]) -> dict[str, float]:
+    """Median, p10, p90, p25, p75, min and max of samples (at least one)."""
+    ordered = sorted(samples)
+    if len(ordered) == 1:
+        value = ordered[0]
+        return {"median": value, "p10": value, "p90": value, "p25": value, "p75": value,
+                "min": value, "max": value}
+    deciles = statistics.quantiles(ordered, n=10, method="inclusive")
+    quartiles = statistics.quantiles(ordered, n=4, method="inclusive")
+    return {"median": statistics.median(ordered), "p10": deciles[0], "p90": deciles[-1],
+            "p25": quartiles[0], "p75": quartiles[-1], "min": ordered[0], "max": ordered[-1]}
+
+
+# What the numbers are compared with: (name, numerator, denominator, target or None).
+RATIOS: list[tuple[str, str, str, float | None]] = [
+    ("ours+limits / unshare", "api_limits", "unshare", 1.5),
+    ("ours+limits / runc", "api_limits", "runc", 0.3),
+    ("ours+limits, warm pool / unshare", "api_limits_pool", "unshare", 1.5),
+    ("ours+limits, warm pool / runc", "api_limits_pool", "runc", 0.3),
+    ("%%container overhead / API run", "cell_overhead", "api_for_kernel", 2.0),
+    ("ours (no limits) / unshare", "api", "unshare", None),
+    ("ours (no limits) / bwrap", "api", "bwrap", None),
+    ("ours, userns / ours", "api_userns", "api", None),
+    ("spawn launcher / fork server", "api_spawn", "api", None),
+    ("no pool / warm pool", "api", "api_pool", None),
+]
+
+
+def _ratio(numerators: list[float], denominators: list[float]) -> dict[str, Any]:
+    pairs = [n / d for n, d in zip(numerators, denominators, strict=False) if d > 0]
+    value = statistics.median(numerators) / statistics.median(denominators)
+    spread = summarize(pairs) if pairs else {"p10": value, "p90": value}
+    return {"value": value, "per_round_p10": spread["p10"], "per_round_p90": spread["p90"]}
+
+
+def derive(report: dict[str, Any]) -> None:
+    """Add the magic's overhead and the ratios (with targets met or not) to a report."""
+    results = report["benchmarks"]
+
+    def samples(key: str) -> list[float] | None:
+        entry = results.get(key)
+        return entry["samples"] if entry and entry["status"] == "ok" else None
+
+    derived: dict[str, Any] = {}
+    plain, cell = samples("cell_plain"), samples("cell_container")
+    if plain and cell:
+        differences = [c - p for p, c in zip(plain, cell, strict=False)]
+        derived["cell_overhead"] = {
+            "label": "%%container cell minus plain cell (paired per round)",
+            "samples": differences, **summarize(differences)}
+    # The kernel uses the process-wide launcher, so its pool follows NSMAGIC_POOL.
+    pool = _pool_module()
+    kernel_pool = pool.pool_size_from_environment() if pool else 0
+    api_key = "api_pool" if kernel_pool > 0 and samples("api_pool") else "api"
+    derived["api_for_kernel"] = {"same_as": api_key}
+    report["derived"] = derived
+
+    def lookup(key: str) -> list[float] | None:
+        if key == "api_for_kernel":
+            key = api_key
+        if key in derived and "samples" in derived[key]:
+            return derived[key]["samples"]
+        return samples(key)
+
+    ratios = []
+    for name, numerator, denominator, target in RATIOS:
+        entry: dict[str, Any] = {"name": name, "numerator": numerator,
+                                 "denominator": api_key if denominator == "api_for_kernel"
+                                 else denominator, "target": target}
+        top, bottom = lookup(numerator), lookup(denominator)
+        if not top or not bottom:
+            missing = [k for k, v in ((numerator, top), (denominator, bottom)) if not v]
+            entry.update(value=None, met=None, why=f"no figure for {', '.join(missing)}")
+        else:
+            entry.update(_ratio(top, bottom))
+            entry["met"] = None if target is None else entry["value"] <= target
+        ratios.append(entry)
+    report["ratios"] = ratios
+
+
+# -- the run ---------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    """Kernel, CPU, cores, memory, Python, date and the cgroup set-up of this host."""
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        with open("/proc/meminfo") as handle:
+            kib = int(handle.readline().split()[1])
+            memory_gib = round(kib / (1 << 20), 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        from nsmagic.cgroups import describe_host
+
+        host = describe_host()
+        cgroup = {"version": host.version, "driver": host.driver,
+                  "controllers": list(host.controllers), "reason": host.reason}
+    except Exception as error:  # noqa: BLE001 - the machine info must not stop a run
+        cgroup = {"version": "unknown", "error": str(error)}
+    uname = platform.uname()
+    return {"kernel": f"{uname.system} {uname.release}", "machine": uname.machine,
+            "cpu_model": cpu, "cores": os.cpu_count(), "memory_gib": memory_gib,
+            "python": platform.python_version(), "is_root": os.geteuid() == 0,
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "cgroup": cgroup, "nsmagic_pool_env": os.environ.get("NSMAGIC_POOL")}
+
+
+def select(only: list[str] | None) -> list[Benchmark]:
+    """The registered benchmarks, or those whose key is in only (unknown keys: ValueError)."""
+    if not only:
+        return list(BENCHMARKS)
+    known = {b.key for b in BENCHMARKS}
+    unknown = [k for k in only if k not in known]
+    if unknown:
+        raise ValueError(f"unknown benchmark {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(known))})")
+    return [b for b in BENCHMARKS if b.key in only]
+
+
+def run(runs: int = DEFAULT_RUNS, quick: bool = False, only: list[str] | None = None,
+        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the benchmarks and return the report (see docs/performance.md for its keys)."""
+    say = progress or (lambda text: None)
+    runs = QUICK_RUNS if quick and runs == DEFAULT_RUNS else runs
+    warmup = 1 if quick else WARMUP_ROUNDS
+    started = time.perf_counter()
+    ctx = Context(quick=quick)
+    results: dict[str, dict[str, Any]] = {}
+    samplers: dict[str, Sampler] = {}
+    chosen = select(only)
+    try:
+        for bench in chosen:
+            entry: dict[str, Any] = {"label": bench.label, "group": bench.group,
+                                     "status": "ok", "reason": "", "samples": []}
+            results[bench.key] = entry
+            say(f"preparing {bench.key}")
+            try:
+                samplers[bench.key] = bench.prepare(ctx)
+            except Missing as why:
+                entry.update(status="missing", reason=str(why))
+            except NotMeasured as why:
+                entry.update(status="not measured", reason=str(why))
+            except SampleFailed as why:
+                entry.update(status="failed", reason=str(why))
+        order = list(samplers)
+        rng = random.Random(SEED)
+        for round_number in range(warmup + runs):
+            rng.shuffle(order)
+            timed = round_number >= warmup
+            say(f"round {round_number + 1 - warmup}/{runs}" if timed
+                else f"warm-up {round_number + 1}/{warmup}")
+            for key in order:
+                if results[key]["status"] != "ok":
+                    continue
+                try:
+                    elapsed = samplers[key]()
+                except SampleFailed as why:
+                    results[key].update(status="failed", reason=str(why))
+                    continue
+                if timed:
+                    results[key]["samples"].append(elapsed)
+                elif key in ctx.phases:
+                    ctx.phases[key].clear()
+                time.sleep(GAP_S)
+    finally:
+        ctx.close()
+    for key, entry in results.items():
+        if entry["status"] == "ok" and entry["samples"]:
+            entry.update(summarize(entry["samples"]))
+        if ctx.phases.get(key):
+            entry["phases"] = _phase_medians(ctx.phases[key])
+    report = {
+        "schema": SCHEMA,
+        "machine": machine_info(),
+        "method": {"timer": TIMER, "anchors": ANCHOR_METHOD,
+                   "api": "nsmagic.run('pass', ...) in the benchmark process, wall time "
+                          "around the call (launch to result, cleanup included)",
+                   "kernel": "jupyter_client: execute request sent -> status idle received",
+                   "runs": runs, "warmup_rounds": warmup, "gap_s": GAP_S,
+                   "order": f"every round runs each benchmark once, in an order shuffled "
+                            f"per round (random.Random({SEED}))",
+                   "spread": "p10-p90 (statistics.quantiles, inclusive)", "quick": quick},
+        "benchmarks": results,
+        "notes": ctx.notes,
+    }
+    derive(report)
+    report["duration_s"] = time.perf_counter() - started
+    return report
+
+
+def _phase_medians(phases: list[dict[str, float]]) -> dict[str, float]:
+    names = sorted({name for sample in phases for name in sample})
+    return {name: statistics.median(s[name] for s in phases if name in s) for name in names}
+
+
+# -- output ----------------------------------------------------------------------------------
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def _ratio_text(entry: dict[str, Any]) -> tuple[str, str, str]:
+    if entry["value"] is None:
+        return "-", "-", f"not computed: {entry['why']}"
+    value = f"{entry['value']:.2f}"
+    spread = f"{entry['per_round_p10']:.2f}-{entry['per_round_p90']:.2f}"
+    if entry["target"] is None:
+        return value, spread, ""
+    verdict = "met" if entry["met"] else "NOT met"
+    return value, spread, f"target <= {entry['target']:g}: {verdict}"
+
+
+def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for key, entry in report["benchmarks"].items():
+        if entry["status"] == "ok":
+            rows.append((entry["label"], _ms(entry["median"]),
+                         f"{_ms(entry['p10'])}-{_ms(entry['p90'])}", str(len(entry["samples"]))))
+        else:
+            rows.append((entry["label"], f"{entry['status']}: {entry['reason']}", "", ""))
+        if key == "cell_container" and "cell_overhead" in report["derived"]:
+            over = report["derived"]["cell_overhead"]
+            rows.append(("  = %%container overhead over a plain cell", _ms(over["median"]),
+                         f"{_ms(over['p10'])}-{_ms(over['p90'])}", str(len(over["samples"]))))
+    return rows
+
+
+def _header(report: dict[str, Any]) -> list[str]:
+    m, method = report["machine"], report["method"]
+    cg = m["cgroup"]
+    return [f"date: {m['date']}",
+            f"machine: {m['kernel']}, {m['cpu_model']} ({m['cores']} cores), "
+            f"{m['memory_gib']} GiB, Python {m['python']}, "
+            f"{'root' if m['is_root'] else 'not root'}, cgroup {cg.get('version')} "
+            f"(driver {cg.get('driver')})",
+            f"method: {method['runs']} rounds after {method['warmup_rounds']} warm-up, each "
+            f"benchmark once per round in shuffled order; wall time ({method['timer']}); "
+            f"median and p10-p90 in ms; anchors via subprocess.run"]
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The plain-text table printed by `nsmagic bench`."""
+    lines = _header(report) + [""]
+    rows = _rows(report)
+    width = max(len(r[0]) for r in rows)
+    lines.append(f"{'benchmark':<{width}}  {'median':>8}  {'p10-p90':>13}  {'n':>3}")
+    for label, median, spread, n in rows:
+        if spread:
+            lines.append(f"{label:<{width}}  {median:>8}  {spread:>13}  {n:>3}")
+        else:
+            lines.append(f"{label:<{width}}  {median}")
+    lines += ["", "ratios (of medians; per-round p10-p90 beside)"]
+    name_width = max(len(r["name"]) for r in report["ratios"])
+    for entry in report["ratios"]:
+        value, spread, verdict = _ratio_text(entry)
+        lines.append(f"  {entry['name']:<{name_width}}  {value:>5}  {spread:>11}  {verdict}")
+    lines += [f"  note: {n}" for n in report["notes"]]
+    lines.append(f"\n(total {report['duration_s']:.0f} s)")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("%%", "%%")
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """docs/performance.md, regenerated from a run."""
+    m = report["machine"]
+    out = [
+        "# Performance",
+        "",
+        "<!-- Generated by `python -m nsmagic bench --markdown docs/performance.md`; edit "
+        "nsmagic/bench.py, not this page. -->",
+        "",
+        "How long it takes to start a container and have it end, with nsmagic and with the "
+        "usual tools, measured in one run on one machine. Regenerate with:",
+        "",
+        "```",
+        "sudo .venv/bin/python -m nsmagic bench --markdown docs/performance.md "
+        "--json bench/results/latest.json",
+        "```",
+        "",
+        f"Measured {m['date']} on {m['kernel']}, {m['cpu_model']} ({m['cores']} cores, "
+        f"{m['memory_gib']} GiB), Python {m['python']}, "
+        f"{'as root' if m['is_root'] else 'not as root'}, cgroup {m['cgroup'].get('version')} "
+        f"(nsmagic driver {m['cgroup'].get('driver')}). The machine is shared and noisy: read "
+        "medians and spreads, not single runs.",
+        "",
+        "| benchmark | median (ms) | p10-p90 (ms) | n |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, median, spread, n in _rows(report):
+        out.append(f"| {_cell(label)} | {_cell(median)} | {spread} | {n} |")
+    out += ["", "## Ratios", "",
+            "Ratios of medians; beside them the p10-p90 of the same ratio taken round by round "
+            "(both figures of a round were measured seconds apart).", "",
+            "| ratio | value | per-round p10-p90 | target |", "|---|---:|---:|---|"]
+    for entry in report["ratios"]:
+        value, spread, verdict = _ratio_text(entry)
+        out.append(f"| {_cell(entry['name'])} | {value} | {spread} | {_cell(verdict)} |")
+    phased = {k: e["phases"] for k, e in report["benchmarks"].items() if e.get("phases")}
+    if phased:
+        out += ["", "## Where nsmagic's time goes", "",
+                "Medians of `ContainerResult.timings` (ms since the request): `launch` the "
+                "request handed to the launcher, `started` pid 1 reported, `ready` the payload "
+                "about to run, `payload_exited` the payload done, `exited` the supervisor "
+                "released everything (cgroup removal included), `total` the call returned.", "",
+                "| run | launch | started | ready | payload exited | exited | total |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
+        for key, phases in phased.items():
+            cells = [_ms(phases[n]) if n in phases else "-" for n in
+                     ("launch_s", "started_s", "ready_s", "payload_exited_s", "exited_s",
+                      "total_s")]
+            out.append(f"| {key} | " + " | ".join(cells) + " |")
+    method = report["method"]
+    out += ["", "## Method", "",
+            f"- {method['runs']} rounds after {method['warmup_rounds']} warm-up rounds. "
+            f"{method['order'].capitalize()}, so the drift of the machine lands on every "
+            f"benchmark alike; {method['gap_s'] * 1000:g} ms pause after every sample "
+            "(outside the timing) so that background work left by one sample (runc's cgroup "
+            "removal, the fork server refilling its warm pool) does not land on the next.",
+            f"- Timer: `{method['timer']}`, wall time, in the benchmark process.",
+            f"- Anchors: {method['anchors']}. The same method for every anchor. (hyperfine, "
+            "where installed, gives the same figures minus the spawn floor; it is not used "
+            "because it cannot interleave with the API runs.)",
+            f"- API: {method['api']}. Each configuration has its own fork server, started "
+            "and warmed before timing; `NSMAGIC_POOL` is set to 0 for the no-pool rows and "
+            "left at its default for the warm-pool rows.",
+            f"- Kernel: {method['kernel']}; one `python3` kernel with `%load_ext nsmagic`, the "
+            "overhead is the per-round difference between `%%container` + `pass` and `pass`.",
+            "- Spread: p10-p90. Anchors that cannot run here are listed as missing, with why.",
+            "", "## Where the anchors come from", "",
+            "The benchmark installs nothing. On Debian 12:", "",
+            "| anchor | Debian package |", "|---|---|",
+            "| `unshare` | util-linux (essential, always present) |",
+            "| `bwrap` | bubblewrap |",
+            "| `runc` | runc |",
+            "| the static busybox in the runc bundle | busybox-static |",
+            "", "`apt-get install bubblewrap runc busybox-static` gives all of them. The runc "
+            "bundle is built in a temporary directory for each run: a rootfs holding the "
+            "static busybox and a `/bin/true` symlink, `runc spec`, then `process.args = "
+            "[\"/bin/true\"]` and `terminal: false`; each run has its own container id and "
+            "`runc --root <tmp> delete -f` follows it. runc runs as root only.",
+            "", "## JSON", "",
+            "`--json FILE` writes everything: `schema`, `machine` (kernel, cpu_model, cores, "
+            "memory_gib, python, is_root, date, cgroup, nsmagic_pool_env), `method`, "
+            "`benchmarks` (per key: label, group, status `ok` / `missing` / `not measured` / "
+            "`failed`, reason, samples in seconds, and for `ok` median, p10, p90, p25, p75, "
+            "min, max; API rows also phases), `derived` (cell_overhead with its samples), "
+            "`ratios` (name, numerator, denominator, target, value, per_round_p10, "
+            "per_round_p90, met), `notes` and `duration_s`."]
+    return "\n".join(out) + "\n"
+
+
+def write_outputs(report: dict[str, Any], json_path: str | None,
+                  markdown_path: str | None) -> None:
+    if json_path:
+        directory = os.path.dirname(json_path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        with open(json_path, "w") as handle:
+            json.dump(report, handle, indent=1)
+            handle.write("\n")
+    if markdown_path:
+        with open(markdown_path, "w") as handle:
+            handle.write(format_markdown(report))
+
+
+def main(runs: int = DEFAULT_RUNS, quick: bool = False, json_path: str | None = None,
+         markdown_path: str | None = None, only: list[str] | None = None) -> int:
+    """What `nsmagic bench` does: run, print the table, write the files asked for."""
+
+    def progress(text: str) -> None:
+        if sys.stderr.isatty():
+            print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+
+    report = run(runs=runs, quick=quick, only=only, progress=progress)
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+    print(format_table(report))
+    write_outputs(report, json_path, markdown_path)
+    return 0
