@@ -77,6 +77,10 @@ class Cgroup(abc.ABC):
     def remove(self) -> None:
         """Kill what is left, then delete the group; safe to call twice."""
 
+    def directories(self) -> list[str]:
+        """The group's directories in cgroupfs (one per hierarchy); none for rlimit groups."""
+        return []
+
     def approximations(self) -> list[str]:
         """Plain-language notes about limits that this driver only approximates."""
         return []

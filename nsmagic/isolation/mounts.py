@@ -39,3 +39,44 @@ def mount_private_tmp() -> None:
     """Give the container an empty /tmp of its own that vanishes with it."""
     syscalls.mount("tmpfs", "/tmp", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV,
                    "mode=1777")
+
+
+def mount_cgroup_views(group_directories: list[str]) -> str | None:
+    """Show the container its own cgroup, read-only, where the host's hierarchies are.
+
+    Each of the container's cgroup directories is bind-mounted over the mount point of its
+    hierarchy, so `/sys/fs/cgroup/memory/memory.limit_in_bytes` (v1) or
+    `/sys/fs/cgroup/memory.max` (v2) reads the container's own limits, as in Docker.
+    Read-only, as in Docker: root inside must not raise its own limits. (A fresh cgroup
+    mount in the cgroup namespace would do the same, but the kernel refuses to mount an
+    existing v1 hierarchy again here, EBUSY.) Returns a warning when it cannot.
+    """
+    mount_points = _cgroup_mount_points()
+    failed = []
+    for directory in group_directories:
+        target = max((m for m in mount_points if directory.startswith(m + "/")), key=len,
+                     default=None)
+        if target is None:
+            continue
+        try:
+            syscalls.mount(directory, target, None, syscalls.MS_BIND)
+            syscalls.mount(None, target, None, syscalls.MS_REMOUNT | syscalls.MS_BIND
+                           | syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV
+                           | syscalls.MS_NOEXEC)
+        except OSError as error:
+            failed.append(f"{target} ({error.strerror})")
+    if failed:
+        return ("the container's own view of its cgroup could not be mounted at "
+                + ", ".join(failed) + "; /sys/fs/cgroup there shows the host's groups")
+    return None
+
+
+def _cgroup_mount_points() -> list[str]:
+    found = []
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1]
+            if fstype in ("cgroup", "cgroup2"):
+                found.append(fields[4])
+    return found

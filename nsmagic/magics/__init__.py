@@ -27,6 +27,8 @@ def load(ipython: Any) -> None:
 def unload(ipython: Any) -> None:
     """Remove our magics and stop our helper processes; IPython has no public unregister."""
     for magics in _loaded.pop(id(ipython), []):
+        # Each magics class may own kernel resources (cgroups, threads): give them back.
+        getattr(magics, "close", lambda: None)()
         table = ipython.magics_manager.magics
         for kind, names in magics.magics.items():
             for name in names:

@@ -19,18 +19,18 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
                      signal.SIGUSR1, signal.SIGUSR2)
 
 
-def setup_inside(spec: ContainerSpec) -> list[str]:
+def setup_inside(spec: ContainerSpec, cgroup_directories: list[str] = ()) -> list[str]:
     """Configure the namespaces this process was created in; return warnings for the user.
 
     One ordered checklist, in the order the kernel needs: mounts first (they need the
     private propagation before anything is mounted), then the network, then the host name.
     """
-    warnings = prepare_namespaces(spec)
+    warnings = prepare_namespaces(spec, cgroup_directories)
     name_host(spec)
     return warnings
 
 
-def prepare_namespaces(spec: ContainerSpec) -> list[str]:
+def prepare_namespaces(spec: ContainerSpec, cgroup_directories: list[str] = ()) -> list[str]:
     """The part of the set-up that depends only on which namespaces and mounts a spec has
     (so a pre-warmed container can do it before knowing the rest)."""
     warnings: list[str] = []
@@ -42,6 +42,10 @@ def prepare_namespaces(spec: ContainerSpec) -> list[str]:
                 warnings.append(warning)
         if spec.private_tmp:
             mounts.mount_private_tmp()
+        if cgroup_directories:
+            warning = mounts.mount_cgroup_views(list(cgroup_directories))
+            if warning:
+                warnings.append(warning)
     if "net" in spec.namespaces:
         network.bring_loopback_up()
     return warnings

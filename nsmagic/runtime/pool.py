@@ -149,7 +149,7 @@ def _warm_up_and_run(sync: socket.socket, payload_sync: socket.socket, lifeline_
         cgroup.attach(0)  # ourselves: the slow write happens here, not in the fork server
     profile = warm_profile()
     syscalls.unshare(namespaces.flags_for(profile.namespaces - {"pid"}))
-    warnings = prepare_namespaces(profile)
+    warnings = prepare_namespaces(profile, cgroup.directories() if cgroup else [])
     init = PidOne(lifeline_fd)
     syscalls.set_process_name("nsmagic-warm")
     payload_pid = init.fork_payload(lambda: _payload_when_asked(payload_sync, warnings),

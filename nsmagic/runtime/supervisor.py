@@ -94,7 +94,8 @@ class SupervisedContainer:
             # mount its /proc), so an intermediate process creates both, then forks pid 1.
             child = os.fork()
             if child == 0:
-                _child_main(_setup_process, keep, self.spec, self.payload)
+                _child_main(_setup_process, keep, self.spec, self.payload,
+                            self._cgroup_directories())
         else:
             # Root needs no intermediate: a new pid namespace for our next child only, then
             # back to our own, so this server keeps forking into fresh namespaces.
@@ -103,7 +104,8 @@ class SupervisedContainer:
             try:
                 child = os.fork()
                 if child == 0:
-                    _child_main(_init_process, keep, self.spec, self.payload)
+                    _child_main(_init_process, keep, self.spec, self.payload,
+                                self._cgroup_directories())
             finally:
                 if "pid" in self.spec.namespaces:
                     syscalls.setns(own_pid_namespace, syscalls.CLONE_NEWPID)
@@ -142,6 +144,10 @@ class SupervisedContainer:
         if self.cgroup is None or self.spec.limits.is_empty():
             return []
         return [f"limits only approximated: {note}" for note in self.cgroup.approximations()]
+
+    def _cgroup_directories(self) -> list[str]:
+        # A shared group (--cgroup) is shown too: it is where the container's limits are.
+        return self.cgroup.directories() if self.cgroup is not None else []
 
     def _drive_setup(self, step: Step, child: int, sync: socket.socket, userns: bool) -> None:
         if not userns:
@@ -244,13 +250,14 @@ class SupervisedContainer:
 
 
 # -- the container's own processes (run in forked children of the server) ---------------
-def _child_main(function, keep: list[int], spec: ContainerSpec, payload: Payload) -> NoReturn:  # noqa: ANN001
+def _child_main(function, keep: list[int], spec: ContainerSpec, payload: Payload,  # noqa: ANN001
+                cgroup_directories: list[str]) -> NoReturn:
     """Keep only this container's descriptors, then run function(spec, payload, *fds)."""
     code = SETUP_FAILED
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         fds = _keep_only(keep)
-        code = function(spec, payload, *fds)
+        code = function(spec, payload, *fds, cgroup_directories=cgroup_directories)
     except BaseException:  # noqa: BLE001 - a child must never return into the server's loop
         traceback.print_exc()
     finally:
@@ -263,7 +270,10 @@ def _keep_only(fds: list[int]) -> list[int]:
     A descriptor of another container left open here would keep that container's lifeline
     alive, so nothing of the server's may survive into a container.
     """
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 1024) for fd in fds]
+    # Park them above every number involved first, so no dup2 below overwrites one still
+    # needed. (Not at a fixed high number: RLIMIT_NOFILE may be as low as 1024.)
+    floor = max([*fds, _KEEP_BASE + len(fds)]) + 1
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in fds]
     kept = []
     for index, fd in enumerate(high):
         target = _KEEP_BASE + index
@@ -274,7 +284,8 @@ def _keep_only(fds: list[int]) -> list[int]:
 
 
 def _setup_process(spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd: int,
-                   stderr_fd: int, lifeline_fd: int, sync_fd: int) -> int:
+                   stderr_fd: int, lifeline_fd: int, sync_fd: int,
+                   cgroup_directories: list[str]) -> int:
     """User-namespace path: create every namespace, get mapped, fork pid 1, exit."""
     sync = socket.socket(fileno=sync_fd)
     step = "creating namespaces"
@@ -290,7 +301,7 @@ def _setup_process(spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd
         init_pid = os.fork()
         if init_pid == 0:
             os._exit(_init_inside(spec, payload, ctl_fd, stdout_fd, stderr_fd, lifeline_fd,
-                                  None))
+                                  None, cgroup_directories))
         sync.send(f"pid:{init_pid}".encode())
     except Exception as error:  # noqa: BLE001 - handed to the server to report
         sync.send(f"error:{step}:{explain(error)}".encode()[:4000])
@@ -299,7 +310,8 @@ def _setup_process(spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd
 
 
 def _init_process(spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd: int,
-                  stderr_fd: int, lifeline_fd: int, sync_fd: int) -> int:
+                  stderr_fd: int, lifeline_fd: int, sync_fd: int,
+                  cgroup_directories: list[str]) -> int:
     """Root path: we are pid 1 already; wait for our cgroup, then create the namespaces."""
     sync = socket.socket(fileno=sync_fd)
     try:
@@ -308,11 +320,13 @@ def _init_process(spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd:
     except Exception as error:  # noqa: BLE001
         sync.send(f"error:creating namespaces:{explain(error)}".encode()[:4000])
         return SETUP_FAILED
-    return _init_inside(spec, payload, ctl_fd, stdout_fd, stderr_fd, lifeline_fd, sync)
+    return _init_inside(spec, payload, ctl_fd, stdout_fd, stderr_fd, lifeline_fd, sync,
+                        cgroup_directories)
 
 
 def _init_inside(spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd: int,
-                 stderr_fd: int, lifeline_fd: int, sync: socket.socket | None) -> int:
+                 stderr_fd: int, lifeline_fd: int, sync: socket.socket | None,
+                 cgroup_directories: list[str]) -> int:
     syscalls.set_process_name("nsmagic-init")
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -321,7 +335,7 @@ def _init_inside(spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd: 
     for fd in (devnull, stdout_fd, stderr_fd):
         os.close(fd)
     try:
-        warnings = setup_inside(spec)
+        warnings = setup_inside(spec, cgroup_directories if "cgroup" in spec.namespaces else [])
     except Exception as error:  # noqa: BLE001
         message = f"setting up inside the container: {explain(error)}"
         if sync is not None:

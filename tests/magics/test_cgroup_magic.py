@@ -209,8 +209,6 @@ def test_groups_go_with_their_kernel_atexit_and_prune_takes_a_dead_kernels(tmp_p
     assert not orphan.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="nsmagic.magics.unload() does not call close() on the "
-                                       "magics instances yet, so %unload_ext keeps the groups")
 def test_unload_removes_this_kernels_groups(ipython_shell):
     ipython_shell.run_line_magic("cgroup", "create gone --pids 8")
     ipython_shell.run_line_magic("unload_ext", "nsmagic")

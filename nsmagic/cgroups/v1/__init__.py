@@ -65,6 +65,10 @@ class V1Cgroup(Cgroup):
         """The directory name shared by every hierarchy, e.g. 'nsmagic-1234-c1'."""
         return next(iter(self.dirs.values())).name
 
+    def directories(self) -> list[str]:
+        """One directory per hierarchy."""
+        return [str(path) for path in self.unique_dirs()]
+
     def unique_dirs(self) -> list[Path]:
         """One path per hierarchy (co-mounted controllers such as cpu,cpuacct share one)."""
         return list(dict.fromkeys(self.dirs.values()))

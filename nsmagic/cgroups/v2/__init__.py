@@ -53,6 +53,10 @@ class V2Cgroup(Cgroup):
     def __repr__(self) -> str:
         return f"V2Cgroup({str(self.path)!r})"
 
+    def directories(self) -> list[str]:
+        """The group's one directory in the unified hierarchy."""
+        return [str(self.path)]
+
     @property
     def name(self) -> str:
         """The directory name, e.g. 'nsmagic-1234-c1'."""
