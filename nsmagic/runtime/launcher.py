@@ -115,7 +115,7 @@ class ForkServerLauncher(Launcher):
             self._control = None
         if self._process is not None:
             try:
-                self._process.wait(timeout=2)
+                self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()

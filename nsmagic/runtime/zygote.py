@@ -9,6 +9,7 @@ import selectors
 import signal
 import socket
 import sys
+import traceback
 
 from nsmagic.cgroups.base import CgroupDriver
 from nsmagic.errors import ContainerSetupError
@@ -77,12 +78,12 @@ class ForkServer:
                 if self.once and self._served and not self.containers:
                     return
         finally:
+            # Each release on its own: one that fails must not leave the others behind.
             for warm in self.warm:
-                self.selector.unregister(warm.sync)
-                warm.discard()
+                _quietly(warm.discard)
             for container in list(self.containers):
                 self._forget(container)
-                container.release()
+                _quietly(container.release)
 
     # -- the warm pool -------------------------------------------------------------------
     def _pool_wants_more(self) -> bool:
@@ -210,6 +211,13 @@ class ForkServer:
                 self.selector.unregister(fileobj)
             except (KeyError, ValueError):
                 pass
+
+
+def _quietly(release) -> None:  # noqa: ANN001
+    try:
+        release()
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
 
 
 def _wants_cgroup(spec: ContainerSpec, server: ForkServer) -> bool:
