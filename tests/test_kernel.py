@@ -103,9 +103,21 @@ def test_killing_the_kernel_kills_its_containers(kernel):
     kernel_pid = manager.provisioner.process.pid
     helpers = _descendants(kernel_pid)
     assert helpers, "the container's processes should be running"
-    os.kill(kernel_pid, signal.SIGKILL)
+    assert _cgroups_of(kernel_pid)
+    # Jupyter kills the kernel's whole process group, as here.
+    os.killpg(os.getpgid(kernel_pid), signal.SIGKILL)
     assert wait_until(lambda: not any(_exists(pid) for pid in helpers), 5), \
         "container processes outlived the kernel"
+    assert wait_until(lambda: not _cgroups_of(kernel_pid), 5), _cgroups_of(kernel_pid)
+
+
+def _cgroups_of(owner_pid):
+    found = []
+    for root, dirs, _ in os.walk("/sys/fs/cgroup"):
+        found += [os.path.join(root, d) for d in dirs if d.startswith(f"nsmagic-{owner_pid}-")]
+        if root.count("/") > 6:
+            dirs.clear()
+    return found
 
 
 def _descendants(pid):

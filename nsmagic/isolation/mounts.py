@@ -3,8 +3,57 @@
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass
 
 from nsmagic.isolation import syscalls
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A bind mount of a host path into the container."""
+
+    host: str
+    container: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """What the container's mount namespace should look like."""
+
+    proc: bool = True  # a fresh /proc for the container's pid namespace
+    private_tmp: bool = True  # an empty tmpfs on /tmp
+    read_only: bool = False  # the root (and everything under it) read-only
+    overlay: bool = False  # a writable root whose changes vanish with the container
+    rootfs: str | None = None  # pivot into this directory instead of the host root
+    volumes: tuple[Volume, ...] = ()
+
+    @property
+    def is_plain(self) -> bool:
+        """True for the host root as it is, plus the container's /proc and /tmp."""
+        return not (self.read_only or self.overlay or self.rootfs or self.volumes)
+
+
+def setup_mount_namespace(options: MountOptions, cgroup_directories: list[str]) -> list[str]:
+    """Build the container's filesystem view, in the order the kernel needs; return warnings.
+
+    Runs inside the new mount namespace, as (container) root.
+    """
+    warnings: list[str] = []
+    make_mounts_private()
+    if not options.is_plain:
+        raise NotImplementedError("--read-only, --overlay, --rootfs and --volume")
+    if options.proc:
+        warning = mount_proc()
+        if warning:
+            warnings.append(warning)
+    if options.private_tmp:
+        mount_private_tmp()
+    if cgroup_directories:
+        warning = mount_cgroup_views(cgroup_directories)
+        if warning:
+            warnings.append(warning)
+    return warnings
 
 
 def make_mounts_private() -> None:

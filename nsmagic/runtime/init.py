@@ -35,17 +35,7 @@ def prepare_namespaces(spec: ContainerSpec, cgroup_directories: list[str] = ()) 
     (so a pre-warmed container can do it before knowing the rest)."""
     warnings: list[str] = []
     if "mount" in spec.namespaces:
-        mounts.make_mounts_private()
-        if spec.mount_proc:
-            warning = mounts.mount_proc()
-            if warning:
-                warnings.append(warning)
-        if spec.private_tmp:
-            mounts.mount_private_tmp()
-        if cgroup_directories:
-            warning = mounts.mount_cgroup_views(list(cgroup_directories))
-            if warning:
-                warnings.append(warning)
+        warnings += mounts.setup_mount_namespace(spec.mount_options(), list(cgroup_directories))
     if "net" in spec.namespaces:
         network.bring_loopback_up()
     return warnings

@@ -54,6 +54,9 @@ class SpawnLauncher(Launcher):
             process = subprocess.Popen(
                 _helper_command(theirs.fileno(), "--once"), pass_fds=[theirs.fileno()],
                 env=_helper_environment(), stdin=subprocess.DEVNULL, close_fds=True,
+                # Its own session: Jupyter kills a kernel's whole process group, and the
+                # server must outlive the kernel long enough to release what it owns.
+                start_new_session=True,
             )
             theirs.close()
             protocol.send(ours, {"op": "launch", "spec": spec.to_wire(),
@@ -82,6 +85,9 @@ class ForkServerLauncher(Launcher):
             self._process = subprocess.Popen(
                 _helper_command(theirs.fileno()), pass_fds=[theirs.fileno()],
                 env=_helper_environment(), stdin=subprocess.DEVNULL, close_fds=True,
+                # Its own session: Jupyter kills a kernel's whole process group, and the
+                # server must outlive the kernel long enough to release what it owns.
+                start_new_session=True,
             )
         self._control = ours
         return ours

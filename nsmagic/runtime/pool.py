@@ -46,7 +46,8 @@ def matches_warm_profile(spec: ContainerSpec) -> bool:
     profile = warm_profile()
     return (os.geteuid() == 0 and spec.namespaces == profile.namespaces
             and spec.mount_proc == profile.mount_proc
-            and spec.private_tmp == profile.private_tmp and spec.cgroup is None)
+            and spec.private_tmp == profile.private_tmp and spec.cgroup is None
+            and spec.mount_options() == profile.mount_options())
 
 
 class WarmContainer:

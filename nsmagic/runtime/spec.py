@@ -10,6 +10,7 @@ from typing import Any
 
 from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import SpecError
+from nsmagic.isolation.mounts import MountOptions, Volume
 from nsmagic.isolation.namespaces import NAMESPACE_FLAGS
 
 # Docker's default set of namespaces, plus cgroup; user is decided by who runs the kernel.
@@ -63,11 +64,21 @@ class ContainerSpec:
     cwd: str = "/"
     mount_proc: bool = True
     private_tmp: bool = True
+    read_only: bool = False
+    overlay: bool = False
+    rootfs: str | None = None
+    volumes: tuple[Volume, ...] = ()
     uid_outside: int | None = None  # who root inside is on the host (user namespace only)
     gid_outside: int | None = None
     name: str | None = None
     cgroup: str | None = None  # run in this existing nsmagic cgroup instead of a fresh one
     container_id: str = field(default_factory=lambda: secrets.token_hex(6))
+
+    def mount_options(self) -> MountOptions:
+        """The mount namespace's shape, for the isolation layer."""
+        return MountOptions(proc=self.mount_proc, private_tmp=self.private_tmp,
+                            read_only=self.read_only, overlay=self.overlay, rootfs=self.rootfs,
+                            volumes=self.volumes)
 
     @property
     def effective_hostname(self) -> str:
@@ -85,6 +96,10 @@ class ContainerSpec:
         cwd: str | None = None,
         name: str | None = None,
         cgroup: str | None = None,
+        read_only: bool = False,
+        overlay: bool = False,
+        rootfs: str | None = None,
+        volumes: list[str] | tuple[Volume, ...] = (),
         is_root: bool | None = None,
     ) -> ContainerSpec:
         """Validate options into a spec; userns=None means 'only when not root'."""
@@ -120,6 +135,17 @@ class ContainerSpec:
                     "--cgroup runs in an existing group, whose limits are changed with "
                     "%cgroup set: drop the limit options."
                 )
+        volume_list = tuple(v if isinstance(v, Volume) else parse_volume(v) for v in volumes)
+        if (read_only or overlay or rootfs or volume_list) and "mount" not in chosen:
+            raise SpecError("--read-only, --overlay, --rootfs and --volume need a private mount "
+                            "namespace: drop --no-mount.")
+        if read_only and overlay:
+            raise SpecError("--read-only and --overlay contradict each other: the overlay "
+                            "is a writable root; give one.")
+        if rootfs is not None:
+            rootfs = os.path.abspath(rootfs)
+            if not os.path.isdir(rootfs):
+                raise SpecError(f"--rootfs {rootfs!r} is not a directory.")
         spec = cls(
             namespaces=frozenset(chosen),
             hostname=hostname,
@@ -130,6 +156,10 @@ class ContainerSpec:
             private_tmp="mount" in chosen,
             name=name,
             cgroup=cgroup,
+            read_only=read_only,
+            overlay=overlay,
+            rootfs=rootfs,
+            volumes=volume_list,
         )
         if userns:
             spec = replace(spec, uid_outside=os.geteuid() if not is_root else 65534,
@@ -148,7 +178,26 @@ class ContainerSpec:
         data = dict(data)
         data["namespaces"] = frozenset(data["namespaces"])
         data["limits"] = Limits(**data["limits"])
+        data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
         return cls(**data)
+
+
+def parse_volume(text: str) -> Volume:
+    """HOST:CONTAINER[:ro|rw] -> Volume; both paths absolute, the host one existing."""
+    parts = str(text).split(":")
+    mode = "rw"
+    if len(parts) == 3:
+        mode = parts.pop()
+    if len(parts) != 2 or mode not in ("ro", "rw") or not all(parts):
+        raise SpecError(f"--volume takes HOST:CONTAINER or HOST:CONTAINER:ro, not {text!r}.")
+    host, container = parts
+    if not (os.path.isabs(host) and os.path.isabs(container)):
+        raise SpecError(f"--volume {text!r}: both paths must be absolute.")
+    if ".." in container.split("/"):
+        raise SpecError(f"--volume {text!r}: the container path must not contain '..'.")
+    if not os.path.exists(host):
+        raise SpecError(f"--volume {text!r}: the host path {host!r} does not exist.")
+    return Volume(os.path.normpath(host), os.path.normpath(container), mode == "ro")
 
 
 @dataclass(frozen=True)
