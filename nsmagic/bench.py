@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA = 1
-DEFAULT_RUNS = 40
+DEFAULT_RUNS = 100
 QUICK_RUNS = 3
 WARMUP_ROUNDS = 2
 # A pause after every sample, outside the timing: the background work a sample leaves behind
@@ -292,34 +292,35 @@ def _pool_size() -> int:
     return pool.DEFAULT_POOL_SIZE
 
 
-@benchmark("api", "nsmagic.run('pass'): default namespaces, no limits, fork server, no pool",
-           "api")
+@benchmark("api", "nsmagic.run('pass'), fork server, warm pool off", "api")
 def bench_api(ctx: Context) -> Sampler:
     return _api_sampler(ctx, "api", _fork_server(ctx, 0))
 
 
-@benchmark("api_limits", "... + cpus=0.5, memory=256M, pids=64 (no pool)", "api")
+@benchmark("api_limits", "nsmagic.run('pass', cpus=0.5, memory='256M', pids=64), pool off",
+           "api")
 def bench_api_limits(ctx: Context) -> Sampler:
     return _api_sampler(ctx, "api_limits", _fork_server(ctx, 0), **LIMITS)
 
 
-@benchmark("api_pool", "nsmagic.run('pass'), warm pool on (NSMAGIC_POOL default)", "api")
+@benchmark("api_pool", "nsmagic.run('pass'), fork server + warm pool (the default)", "api")
 def bench_api_pool(ctx: Context) -> Sampler:
     return _api_sampler(ctx, "api_pool", _fork_server(ctx, _pool_size()))
 
 
-@benchmark("api_limits_pool", "... + the three limits, warm pool on (the shipped default)",
+@benchmark("api_limits_pool", "nsmagic.run('pass', the same three limits), warm pool",
            "api")
 def bench_api_limits_pool(ctx: Context) -> Sampler:
     return _api_sampler(ctx, "api_limits_pool", _fork_server(ctx, _pool_size()), **LIMITS)
 
 
-@benchmark("api_userns", "nsmagic.run('pass', userns=True), fork server", "api")
+@benchmark("api_userns", "nsmagic.run('pass', userns=True) (the pool never serves it)", "api")
 def bench_api_userns(ctx: Context) -> Sampler:
     return _api_sampler(ctx, "api_userns", _fork_server(ctx, 0), userns=True)
 
 
-@benchmark("api_spawn", "nsmagic.run('pass') through SpawnLauncher (no fork server)", "api")
+@benchmark("api_spawn", "nsmagic.run('pass', launcher=SpawnLauncher()), no fork server",
+           "api")
 def bench_api_spawn(ctx: Context) -> Sampler:
     from nsmagic.runtime.launcher import SpawnLauncher
 
@@ -706,7 +707,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("%%", "%%")
+    return text.replace("|", "\\|")
 
 
 def format_markdown(report: dict[str, Any]) -> str:
@@ -759,7 +760,22 @@ def format_markdown(report: dict[str, Any]) -> str:
                       "total_s")]
             out.append(f"| {key} | " + " | ".join(cells) + " |")
     method = report["method"]
-    out += ["", "## Method", "",
+    out += ["", "## Reading the numbers", "",
+            "- Every row is the wall time from asking to having the answer: for the API, the "
+            "request to the fork server, namespaces, cgroup creation and attach, running `pass` "
+            "in a forked Python, the report, and the cgroup's removal before `run()` returns.",
+            "- The anchors are timed through `subprocess.run`, so each includes the spawn floor "
+            "(first row); figures taken with hyperfine are lower by about that much. Subtracting "
+            "it would make every ratio against an anchor worse for nsmagic, not better.",
+            "- unshare and bwrap create no cgroup at all; runc and nsmagic do. So `ours+limits "
+            "/ unshare` compares a limited container with an unlimited one, as the target asks.",
+            "- The warm pool is refilled while the fork server is idle. Here every pool run is "
+            "separated by the rest of its round, so it always finds a warm container, as a "
+            "notebook does when cells are seconds apart; runs fired back to back faster than "
+            "the refill get the pool-off figure.",
+            "- Ratios that miss their target are printed as `NOT met`; nothing is tuned to "
+            "pass.",
+            "", "## Method", "",
             f"- {method['runs']} rounds after {method['warmup_rounds']} warm-up rounds. "
             f"{method['order'].capitalize()}, so the drift of the machine lands on every "
             f"benchmark alike; {method['gap_s'] * 1000:g} ms pause after every sample "
