@@ -653,6 +653,7 @@ def _ratio_text(entry: dict[str, Any]) -> tuple[str, str, str]:
     spread = f"{entry['per_round_p10']:.2f}-{entry['per_round_p90']:.2f}"
     if entry["target"] is None:
         return value, spread, ""
+    value = f"{entry['value']:.3f}"  # near a target, two decimals could round across it
     verdict = "met" if entry["met"] else "NOT met"
     return value, spread, f"target <= {entry['target']:g}: {verdict}"
 
