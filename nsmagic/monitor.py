@@ -238,9 +238,14 @@ class _FastCgroupReader:
     # v1's "no limit" is a huge page-rounded number; treat anything this big as none.
     V1_UNLIMITED = 1 << 60
 
+    # Limits change only when someone runs %cgroup set: re-read them every this many reads.
+    LIMIT_EVERY = 10
+
     def __init__(self, cgroup: Any) -> None:
         self.driver = cgroup.driver
         self.fds: dict[str, int] = {}
+        self.reads = 0
+        self.limit: int | None = None
         try:
             if self.driver == "v1":
                 for key, controller, filename, _ in self.V1_FILES:
@@ -284,6 +289,8 @@ class _FastCgroupReader:
 
     def read(self) -> _Counters:
         counters = _Counters()
+        fresh_limit = self.reads % self.LIMIT_EVERY == 0
+        self.reads += 1
         if self.driver == "v1":
             counters.cpu_usage_ns = self._int("cpu_usage_ns")
             stat = self._read("cpu_stat")
@@ -291,8 +298,10 @@ class _FastCgroupReader:
                 counters.throttled_periods = _flat_value(stat, b"nr_throttled")
             counters.memory_current = self._int("memory_current")
             counters.memory_peak = self._int("memory_peak")
-            limit = self._int("memory_limit")
-            counters.memory_limit = None if limit is None or limit >= self.V1_UNLIMITED else limit
+            if fresh_limit:
+                limit = self._int("memory_limit")
+                self.limit = None if limit is None or limit >= self.V1_UNLIMITED else limit
+            counters.memory_limit = self.limit
             control = self._read("oom_control")
             if control is not None:
                 counters.oom_kills = _flat_value(control, b"oom_kill")
@@ -304,7 +313,9 @@ class _FastCgroupReader:
                 counters.throttled_periods = _flat_value(stat, b"nr_throttled")
             counters.memory_current = self._int("memory_current")
             counters.memory_peak = self._int("memory_peak")
-            counters.memory_limit = self._int("memory_limit")
+            if fresh_limit:
+                self.limit = self._int("memory_limit")
+            counters.memory_limit = self.limit
             events = self._read("memory_events")
             if events is not None:
                 counters.oom_kills = _flat_value(events, b"oom_kill")
@@ -445,6 +456,7 @@ class Monitor:
         self._last: dict[str, tuple[float, _Counters]] = {}
         # Cost accounting of the sampler thread (for bench/sampler_cost.py and the curious).
         self.ticks = 0
+        self.first_tick_cpu_s = 0.0  # includes finding the cgroup driver and opening files
         self.sampler_cpu_s = 0.0
         self.sampler_wall_s = 0.0
 
@@ -560,6 +572,8 @@ class Monitor:
                 self.sample_once()
                 self.ticks += 1
                 self.sampler_cpu_s = time.thread_time() - cpu0
+                if self.ticks == 1:
+                    self.first_tick_cpu_s = self.sampler_cpu_s
                 self.sampler_wall_s = time.monotonic() - wall0
                 with self._lock:
                     listeners = [w.listener for w in self._watches if w.listener]
