@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
+import uuid
 
 import pytest
 
@@ -12,6 +12,20 @@ from nsmagic.runtime.launcher import close_default_launcher
 
 IS_ROOT = os.geteuid() == 0
 OUR_PROCESS_NAMES = ("nsmagic-sup", "nsmagic-init", "nsmagic-zygote", "nsmagic-warm")
+
+
+# Every process this test session starts inherits this marker in its environment, so the
+# leak check counts only ours on a machine shared with other runs.
+SESSION_MARKER = f"NSMAGIC_TEST_SESSION={uuid.uuid4().hex}"
+os.environ["NSMAGIC_TEST_SESSION"] = SESSION_MARKER.split("=", 1)[1]
+
+
+def _from_this_session(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return SESSION_MARKER.encode() in handle.read().split(b"\0")
+    except OSError:
+        return False
 
 
 def our_processes() -> list[str]:
@@ -27,8 +41,23 @@ def our_processes() -> list[str]:
                 state = handle.read().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if name.startswith(OUR_PROCESS_NAMES) and state != "Z":
+        if name.startswith(OUR_PROCESS_NAMES) and state != "Z" and _from_this_session(entry):
             found.append(f"{entry} {name}")
+    return found
+
+
+def our_cgroups() -> set[str]:
+    """nsmagic cgroups on the machine whose owner is this session's or no longer alive."""
+    found = set()
+    for root, dirs, _ in os.walk("/sys/fs/cgroup"):
+        for name in dirs:
+            if name.startswith("nsmagic-"):
+                owner = name.split("-")[1]
+                if not os.path.exists(f"/proc/{owner}") or _from_this_session(owner):
+                    found.add(os.path.join(root, name))
+        dirs[:] = [d for d in dirs if not d.startswith("nsmagic-")]
+        if root.count("/") >= 6:
+            dirs.clear()
     return found
 
 
@@ -56,15 +85,13 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind():
     """After the whole session, no process, mount or cgroup of ours may remain."""
+    before = our_cgroups()  # orphans of earlier runs are not this session's doing
     yield
     close_default_launcher()
     assert wait_until(lambda: not our_processes(), 5), f"leaked processes: {our_processes()}"
     assert not our_mounts(), f"leaked mounts: {our_mounts()}"
-    leftovers = subprocess.run(
-        ["find", "/sys/fs/cgroup", "-maxdepth", "4", "-type", "d", "-name", "nsmagic-*"],
-        capture_output=True, text=True, check=False,
-    ).stdout.split()
-    assert not leftovers, f"leaked cgroups: {leftovers}"
+    assert wait_until(lambda: not (our_cgroups() - before), 5), \
+        f"leaked cgroups: {sorted(our_cgroups() - before)}"
 
 
 @pytest.fixture(scope="session")

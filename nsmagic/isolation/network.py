@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import ipaddress
 import socket
 import struct
+from dataclasses import dataclass
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -22,3 +25,157 @@ def bring_loopback_up() -> None:
         request = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+
+
+# -- bridge networking (pyroute2 / netlink) ---------------------------------------------
+# Interface names are at most 15 characters; every one of ours starts with "nsm" so that
+# prune and leak checks can find them: nsmb<pid> bridges, nsmv<id> host ends of veth pairs
+# (the container end is created as nsmp<id> and renamed eth0 once inside).
+BRIDGE_PREFIX = "nsmb"
+VETH_PREFIX = "nsmv"
+PEER_PREFIX = "nsmp"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One container's place on a bridge."""
+
+    host_ifname: str
+    peer_ifname: str
+    address: str
+    prefixlen: int
+    gateway: str
+
+    def to_wire(self) -> dict:
+        """For the container's set-up message."""
+        return {"peer": self.peer_ifname, "address": self.address,
+                "prefixlen": self.prefixlen, "gateway": self.gateway}
+
+
+class Bridge:
+    """A host bridge owned by one nsmagic fork server, with an address allocator.
+
+    The host end of the bridge has the subnet's first address, so the notebook reaches
+    every container and containers reach each other; nothing is routed further (no NAT).
+    """
+
+    def __init__(self, owner_pid: int, subnet: str) -> None:
+        self.network = ipaddress.ip_network(subnet)
+        if self.network.prefixlen > 29:
+            raise ValueError(f"subnet {subnet} is too small for containers")
+        self.name = f"{BRIDGE_PREFIX}{owner_pid}"[:15]
+        hosts = self.network.hosts()
+        self.gateway = str(next(hosts))
+        self._free = [str(h) for h in hosts]
+        self._used: dict[str, Attachment] = {}
+        self._index: int | None = None
+
+    def ensure(self) -> None:
+        """Create the bridge (idempotent)."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ip:
+            found = ip.link_lookup(ifname=self.name)
+            if not found:
+                ip.link("add", ifname=self.name, kind="bridge")
+                found = ip.link_lookup(ifname=self.name)
+                ip.addr("add", index=found[0], address=self.gateway,
+                        prefixlen=self.network.prefixlen)
+            ip.link("set", index=found[0], state="up")
+            self._index = found[0]
+
+    def attach(self, container_id: str) -> Attachment:
+        """Create a veth pair with its host end on the bridge; allocate an address."""
+        if not self._free:
+            raise OSError(f"no free address left in {self.network}")
+        from pyroute2 import IPRoute
+
+        self.ensure()
+        suffix = container_id[:8]
+        attachment = Attachment(f"{VETH_PREFIX}{suffix}", f"{PEER_PREFIX}{suffix}",
+                                self._free.pop(0), self.network.prefixlen, self.gateway)
+        try:
+            with IPRoute() as ip:
+                ip.link("add", ifname=attachment.host_ifname, kind="veth",
+                        peer=attachment.peer_ifname)
+                host_end = ip.link_lookup(ifname=attachment.host_ifname)[0]
+                ip.link("set", index=host_end, master=self._index, state="up")
+        except Exception:
+            self._free.insert(0, attachment.address)
+            delete_link(attachment.host_ifname)
+            raise
+        self._used[attachment.address] = attachment
+        return attachment
+
+    def move_into(self, attachment: Attachment, pid: int) -> None:
+        """Move the container end into the network namespace of process pid."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ip:
+            peer = ip.link_lookup(ifname=attachment.peer_ifname)[0]
+            ip.link("set", index=peer, net_ns_pid=pid)
+
+    def detach(self, attachment: Attachment) -> None:
+        """Delete the veth pair and free the address; safe to call twice.
+
+        The host end is deleted explicitly: the kernel removes it on its own only once the
+        container's network namespace is gone, asynchronously, and a new pair with the
+        same name would fail with EEXIST meanwhile.
+        """
+        delete_link(attachment.host_ifname)
+        if self._used.pop(attachment.address, None) is not None:
+            self._free.insert(0, attachment.address)
+
+    @property
+    def in_use(self) -> bool:
+        """True while some container is attached."""
+        return bool(self._used)
+
+    def remove(self) -> None:
+        """Delete the bridge and whatever veth ends are left on it."""
+        for attachment in list(self._used.values()):
+            self.detach(attachment)
+        delete_link(self.name)
+        self._index = None
+
+
+def configure_inside(config: dict) -> None:
+    """In the container's network namespace: rename the veth end to eth0, address it, bring
+    it up and route through the bridge."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ip:
+        index = ip.link_lookup(ifname=config["peer"])[0]
+        ip.link("set", index=index, ifname="eth0")
+        ip.addr("add", index=index, address=config["address"], prefixlen=config["prefixlen"])
+        ip.link("set", index=index, state="up")
+        ip.route("add", dst="0.0.0.0/0", gateway=config["gateway"])
+
+
+def delete_link(ifname: str) -> None:
+    """Delete a network interface by name if it exists."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ip:
+        found = ip.link_lookup(ifname=ifname)
+        if found:
+            try:
+                ip.link("del", index=found[0])
+            except NetlinkError as error:
+                if error.code != errno.ENODEV:
+                    raise
+
+
+def our_links() -> list[str]:
+    """Names of the interfaces on this host that nsmagic created."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ip:
+        names = [link.get_attr("IFLA_IFNAME") for link in ip.get_links()]
+    return [n for n in names if n.startswith((BRIDGE_PREFIX, VETH_PREFIX, PEER_PREFIX))]
+
+
+def default_subnet(owner_pid: int) -> str:
+    """A private /24 per fork server, so two notebooks on one host do not collide."""
+    return f"10.213.{owner_pid % 250 + 1}.0/24"

@@ -4,9 +4,12 @@ its result, and release everything however it ends."""
 from __future__ import annotations
 
 import codecs
+import json
 import os
+import pickle
 import selectors
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +17,7 @@ from typing import Any
 
 from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import ContainerSetupError
-from nsmagic.runtime import protocol
+from nsmagic.runtime import protocol, transfer
 from nsmagic.runtime.launcher import Launcher, default_launcher
 from nsmagic.runtime.registry import KEEP_EXITED, REGISTRY, ContainerRecord
 from nsmagic.runtime.spec import ContainerSpec, Payload
@@ -54,6 +57,9 @@ class ContainerResult:
     cgroup_driver: str | None = None
     oom: dict[str, Any] | None = None  # kills, limit, peak and a sentence, after an OOM kill
     stats: dict[str, Any] | None = None  # the cgroup's usage when the container ended
+    address: str | None = None  # on --net bridge
+    outputs: dict[str, Any] = field(default_factory=dict)  # variables copied out (--out)
+    output_errors: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -106,31 +112,46 @@ class Container:
         self._ctl = None
         self._pipes: dict[str, int] = {}
         self._pidfd: int | None = None
+        self.data: socket.socket | None = None
+        self._kind = "python"
         self.result = ContainerResult()
         self._started_at = 0.0
         self._done = False
 
     # -- lifecycle -----------------------------------------------------------------------
-    def start(self, source: str, kind: str = "python", filename: str = "<container>",
-              first_line: int = 1) -> Container:
-        """Launch the payload; returns at once. Output is read by wait()."""
-        payload = Payload(kind=kind, source=source, filename=filename, first_line=first_line)
+    def start(self, source: str = "", kind: str = "python", filename: str = "<container>",
+              first_line: int = 1, inputs: dict[str, Any] | None = None,
+              outputs: list[str] | tuple[str, ...] = ()) -> Container:
+        """Launch the payload; returns at once. Output is read by wait().
+
+        inputs: notebook variables copied in (pickled) before the code runs; outputs: names
+        of variables copied back after it (into result.outputs), plain data only.
+        """
+        packed = transfer.pack(inputs) if inputs else None
+        payload = Payload(kind=kind, source=source, filename=filename, first_line=first_line,
+                          inputs=packed is not None, outputs=tuple(outputs))
         launcher = self._launcher or default_launcher()
         ours, theirs = protocol.socketpair()
+        self.data, data_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         stdout_read, stdout_write = os.pipe2(os.O_CLOEXEC)
         stderr_read, stderr_write = os.pipe2(os.O_CLOEXEC)
         self._ctl = ours
         self._pipes = {"stdout": stdout_read, "stderr": stderr_read}
         self._started_at = time.perf_counter()
+        self._kind = kind
         REGISTRY.add(ContainerRecord(self.spec.container_id, self.spec.name, self.spec.limits,
                                      self.spec.namespaces))
         try:
-            launcher.launch(self.spec, payload, stdout_write, stderr_write, theirs.fileno())
+            launcher.launch(self.spec, payload, stdout_write, stderr_write, theirs.fileno(),
+                            data_theirs.fileno())
+            if packed is not None:
+                transfer.send_frame(self.data, pickle.dumps(packed))
         except BaseException:
             self.close()
             raise
         finally:
             theirs.close()
+            data_theirs.close()
             os.close(stdout_write)
             os.close(stderr_write)
         self.result.timings["launch_s"] = time.perf_counter() - self._started_at
@@ -152,6 +173,9 @@ class Container:
         for name, fd in self._pipes.items():
             selector.register(fd, selectors.EVENT_READ, name)
         selector.register(self._ctl, selectors.EVENT_READ, "ctl")
+        data_buffer = bytearray()
+        if self.data is not None and self._kind == "python":
+            selector.register(self.data, selectors.EVENT_READ, "data")
         deadline = None if timeout is None else time.monotonic() + timeout
         escalation: list[tuple[float, int]] = []
         interrupted = False
@@ -160,6 +184,13 @@ class Container:
                 try:
                     wait_s = self._next_wait(deadline, escalation)
                     for key, _ in selector.select(wait_s):
+                        if key.data == "data":
+                            chunk = self.data.recv(1 << 20)
+                            if chunk:
+                                data_buffer += chunk
+                            else:
+                                selector.unregister(self.data)
+                            continue
                         if key.data == "ctl":
                             if not self._handle_message():
                                 selector.unregister(self._ctl)
@@ -207,12 +238,23 @@ class Container:
             self.close()
         if interrupted:
             raise KeyboardInterrupt
+        if data_buffer:
+            self._collect_outputs(transfer.split_frames(bytes(data_buffer)))
         return self.result
+
+    def _collect_outputs(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            return
+        errors = json.loads(frames[0])["errors"]
+        packed = transfer.unpack_untrusted({"_": frames[1]})["_"]
+        self.result.outputs = transfer.unpack_untrusted(packed)
+        self.result.output_errors = errors
 
     def run(self, source: str, kind: str = "python", **kwargs: Any) -> ContainerResult:
         """Start the payload and wait for it; output is collected, not printed."""
         self.start(source, kind=kind, filename=kwargs.pop("filename", "<container>"),
-                   first_line=kwargs.pop("first_line", 1))
+                   first_line=kwargs.pop("first_line", 1), inputs=kwargs.pop("inputs", None),
+                   outputs=kwargs.pop("outputs", ()))
         return self.wait(**kwargs)
 
     def send_signal(self, signum: int) -> None:
@@ -233,6 +275,9 @@ class Container:
         if self._ctl is not None:
             self._ctl.close()
             self._ctl = None
+        if self.data is not None:
+            self.data.close()
+            self.data = None
         for fd in self._pipes.values():
             try:
                 os.close(fd)
@@ -267,6 +312,7 @@ class Container:
             self.result.pid = message["pid"]
             self.result.cgroup = message.get("cgroup")
             self.result.cgroup_driver = message.get("cgroup_driver")
+            self.result.address = message.get("address")
             self.result.warnings.extend(message.get("warnings", []))
             self.result.timings["started_s"] = now
             try:
@@ -309,8 +355,9 @@ def _trim_registry() -> None:
         REGISTRY.forget(record.container_id)
 
 
-def run(source: str, kind: str = "python", **options: Any) -> ContainerResult:
+def run(source: str, kind: str = "python", inputs: dict[str, Any] | None = None,
+        outputs: list[str] | tuple[str, ...] = (), **options: Any) -> ContainerResult:
     """Run source in a fresh container and return its result (nsmagic.run)."""
     launcher = options.pop("launcher", None)
     with Container(launcher=launcher, **options) as container:
-        return container.run(source, kind=kind)
+        return container.run(source, kind=kind, inputs=inputs, outputs=outputs)

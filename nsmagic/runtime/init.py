@@ -91,10 +91,14 @@ class PidOne:
         return status.get("code", 128 + status.get("signal", 0))
 
 
-def run_init(spec: ContainerSpec, payload: Payload, ctl_fd: int, lifeline_fd: int) -> int:
+def run_init(spec: ContainerSpec, payload: Payload, ctl_fd: int, lifeline_fd: int,
+             data_fd: int | None = None) -> int:
     """Be the container's init until the payload ends; return the exit code for pid 1."""
     init = PidOne(lifeline_fd)
-    payload_pid = init.fork_payload(lambda: run_payload(payload, ctl_fd, spec.env, spec.cwd))
+    payload_pid = init.fork_payload(
+        lambda: run_payload(payload, ctl_fd, spec.env, spec.cwd, data_fd))
+    if data_fd is not None:
+        os.close(data_fd)  # only the payload talks on it
     return init.supervise(payload_pid, ctl_fd)
 
 

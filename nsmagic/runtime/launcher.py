@@ -34,8 +34,9 @@ class Launcher(abc.ABC):
 
     @abc.abstractmethod
     def launch(self, spec: ContainerSpec, payload: Payload, stdout_fd: int, stderr_fd: int,
-               ctl_fd: int) -> None:
-        """Start a container; its events arrive on the other end of ctl_fd."""
+               ctl_fd: int, data_fd: int) -> None:
+        """Start a container; its events arrive on the other end of ctl_fd, variables and
+        agent requests travel on data_fd."""
 
     def close(self) -> None:
         """Release the launcher's helper process, if any; safe to call twice."""
@@ -48,7 +49,7 @@ class SpawnLauncher(Launcher):
     name = "spawn"
 
     def launch(self, spec: ContainerSpec, payload: Payload, stdout_fd: int, stderr_fd: int,
-               ctl_fd: int) -> None:
+               ctl_fd: int, data_fd: int) -> None:
         ours, theirs = protocol.socketpair()
         with ours, theirs:
             process = subprocess.Popen(
@@ -61,7 +62,7 @@ class SpawnLauncher(Launcher):
             theirs.close()
             protocol.send(ours, {"op": "launch", "spec": spec.to_wire(),
                                  "payload": payload.to_wire()},
-                          fds=[stdout_fd, stderr_fd, ctl_fd])
+                          fds=[stdout_fd, stderr_fd, ctl_fd, data_fd])
         # The helper becomes the supervisor; reap it when it ends, without blocking the caller.
         threading.Thread(target=process.wait, name="nsmagic-reaper", daemon=True).start()
 
@@ -108,12 +109,12 @@ class ForkServerLauncher(Launcher):
         return int(reply["pong"])
 
     def launch(self, spec: ContainerSpec, payload: Payload, stdout_fd: int, stderr_fd: int,
-               ctl_fd: int) -> None:
+               ctl_fd: int, data_fd: int) -> None:
         with self._lock:
             control = self._ensure_started()
             protocol.send(control, {"op": "launch", "spec": spec.to_wire(),
                                     "payload": payload.to_wire()},
-                          fds=[stdout_fd, stderr_fd, ctl_fd])
+                          fds=[stdout_fd, stderr_fd, ctl_fd, data_fd])
 
     def _stop(self) -> None:
         if self._control is not None:

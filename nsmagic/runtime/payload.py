@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import ast
 import io
+import json
 import linecache
 import os
+import pickle
 import signal
+import socket
 import sys
 import traceback
 
-from nsmagic.runtime import protocol
+from nsmagic.runtime import protocol, transfer
 from nsmagic.runtime.spec import Payload
 
 
@@ -24,14 +27,14 @@ def _fresh_stdio() -> None:
     sys.__stdout__, sys.__stderr__, sys.__stdin__ = sys.stdout, sys.stderr, sys.stdin
 
 
-def run_payload(payload: Payload, ctl_fd: int, env: dict[str, str], cwd: str) -> int:
+def run_payload(payload: Payload, ctl_fd: int, env: dict[str, str], cwd: str,
+                data_fd: int | None = None) -> int:
     """Execute the payload in this (already isolated) process; return its exit code."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD,
                    signal.SIGPIPE, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    os.environ.clear()
-    os.environ.update(env)
+    _set_environment(env)
     try:
         os.chdir(cwd)
     except OSError:
@@ -39,30 +42,112 @@ def run_payload(payload: Payload, ctl_fd: int, env: dict[str, str], cwd: str) ->
     if payload.kind == "shell":
         os.execve(payload.shell, [payload.shell, "-c", payload.source], env)
     _fresh_stdio()
-    return _run_python(payload, ctl_fd)
+    data = socket.socket(fileno=data_fd) if data_fd is not None else None
+    if payload.kind == "agent":
+        return _serve_agent(data)
+    namespace = _fresh_namespace()
+    if payload.inputs and data is not None:
+        namespace.update(transfer.unpack_trusted(pickle.loads(transfer.receive_frame(data))))
+    outcome = _run_python(payload.source, payload.filename, payload.first_line, namespace)
+    if outcome.exception is not None:
+        _report_exception(outcome.exception, ctl_fd)
+    if payload.outputs and data is not None:
+        _send_outputs(data, namespace, payload.outputs, outcome.exception is None)
+    return outcome.exit_code
 
 
-def _run_python(payload: Payload, ctl_fd: int) -> int:
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+def _set_environment(env: dict[str, str]) -> None:
+    for key in [k for k in os.environ if k not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
+def _fresh_namespace() -> dict:
+    return {"__name__": "__main__", "__builtins__": __builtins__}
+
+
+class _Outcome:
+    def __init__(self, exit_code: int, exception: BaseException | None = None) -> None:
+        self.exit_code = exit_code
+        self.exception = exception
+
+
+def _run_python(source: str, filename: str, first_line: int, namespace: dict) -> _Outcome:
     # Registering the source lets tracebacks print the offending lines, as in a normal cell.
-    lines = payload.source.splitlines(keepends=True)
-    linecache.cache[payload.filename] = (len(payload.source), None,
-                                         ["\n"] * (payload.first_line - 1) + lines,
-                                         payload.filename)
+    lines = source.splitlines(keepends=True)
+    linecache.cache[filename] = (len(source), None, ["\n"] * (first_line - 1) + lines,
+                                 filename)
     try:
-        tree = ast.parse(payload.source, payload.filename)
-        ast.increment_lineno(tree, payload.first_line - 1)
-        code = compile(tree, payload.filename, "exec")
+        tree = ast.parse(source, filename)
+        ast.increment_lineno(tree, first_line - 1)
+        code = compile(tree, filename, "exec")
         exec(code, namespace)
     except SystemExit as exit_request:
-        return _exit_code(exit_request.code)
-    except BaseException as error:  # noqa: BLE001 - every failure is reported, then ends the run
-        _report_exception(error, ctl_fd)
-        return 1
+        return _Outcome(_exit_code(exit_request.code))
+    except BaseException as error:  # noqa: BLE001 - every failure is reported
+        return _Outcome(1, error)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-    return 0
+    return _Outcome(0)
+
+
+def _send_outputs(data: socket.socket, namespace: dict, names: tuple[str, ...],
+                  ran_to_end: bool) -> None:
+    """Pickle the requested variables back; a missing or unpicklable one is named."""
+    packed, errors = {}, {}
+    for name in names:
+        if name not in namespace:
+            errors[name] = (f"variable {name!r} does not exist in the container"
+                            + ("" if ran_to_end else " (the cell failed before setting it)"))
+            continue
+        try:
+            packed.update(transfer.pack({name: namespace[name]}))
+        except transfer.TransferError as error:
+            errors[name] = str(error).replace("into the container", "out of the container")
+    transfer.send_frame(data, json.dumps({"errors": errors}).encode())
+    transfer.send_frame(data, pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _serve_agent(data: socket.socket) -> int:
+    """A long-lived container's main process: run each cell sent to it in one namespace, so
+    variables, imports and open sockets live on from cell to cell."""
+    namespace = _fresh_namespace()
+    while True:
+        try:
+            frame = transfer.receive_frame(data)
+        except KeyboardInterrupt:
+            continue  # an interrupt that arrived between cells
+        if frame is None:
+            return 0
+        request = pickle.loads(frame)
+        try:
+            if request.get("inputs"):
+                namespace.update(transfer.unpack_trusted(request["inputs"]))
+            if request.get("kind") == "shell":
+                outcome = _run_shell(request["source"])
+            else:
+                outcome = _run_python(request["source"], request["filename"],
+                                      request["first_line"], namespace)
+        except KeyboardInterrupt as error:
+            outcome = _Outcome(1, error)
+        reply = {"exit_code": outcome.exit_code, "exception": None}
+        if outcome.exception is not None:
+            reply["exception"] = _describe_exception(outcome.exception)
+        transfer.send_frame(data, json.dumps(reply).encode())
+        _send_outputs(data, namespace, tuple(request.get("outputs") or ()),
+                      outcome.exception is None)
+
+
+def _run_shell(script: str) -> _Outcome:
+    import subprocess
+
+    sys.stdout.flush()
+    completed = subprocess.run(["/bin/sh", "-c", script], check=False)
+    code = completed.returncode
+    return _Outcome(code if code >= 0 else 128 - code)
 
 
 def _exit_code(code: object) -> int:
@@ -74,19 +159,18 @@ def _exit_code(code: object) -> int:
     return 1
 
 
-def _report_exception(error: BaseException, ctl_fd: int) -> None:
+def _describe_exception(error: BaseException) -> dict:
     tb = error.__traceback__
     # Drop our own frame so the traceback starts in the user's code, like a normal cell.
     if tb is not None and tb.tb_frame.f_code is _run_python.__code__:
         tb = tb.tb_next
     formatted = traceback.format_exception(type(error), error, tb)
-    message = {
-        "event": "exception",
-        "type": type(error).__name__,
-        "message": str(error),
-        "traceback": formatted[-200:],
-    }
+    return {"type": type(error).__name__, "message": str(error), "traceback": formatted[-200:]}
+
+
+def _report_exception(error: BaseException, ctl_fd: int) -> None:
+    message = {"event": "exception", **_describe_exception(error)}
     try:
         protocol.send(ctl_fd, message)
     except (OSError, ValueError):
-        sys.stderr.write("".join(formatted))
+        sys.stderr.write("".join(message["traceback"]))

@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import socket
+import traceback
 from typing import NoReturn
 
 from nsmagic.cgroups.base import Cgroup, CgroupDriver
@@ -44,7 +45,7 @@ def warm_profile() -> ContainerSpec:
 def matches_warm_profile(spec: ContainerSpec) -> bool:
     """True when a warm container can serve this spec exactly as a cold one would."""
     profile = warm_profile()
-    return (os.geteuid() == 0 and spec.namespaces == profile.namespaces
+    return (os.geteuid() == 0 and spec.namespaces == profile.namespaces and spec.net == "none"
             and spec.mount_proc == profile.mount_proc
             and spec.private_tmp == profile.private_tmp and spec.cgroup is None
             and spec.mount_options() == profile.mount_options())
@@ -64,7 +65,7 @@ class WarmContainer:
         self.ready = False
 
     def hand_over(self, spec: ContainerSpec, payload: Payload, fds: list[int]) -> None:
-        """Give the payload and the container's descriptors [ctl, stdout, stderr] to pid 1."""
+        """Give the payload and the container's descriptors [ctl, stdout, stderr, data]."""
         if self.cgroup is not None and not spec.limits.is_empty():
             self.cgroup.apply(spec.limits)
         message = json.dumps({"spec": spec.to_wire(), "payload": payload.to_wire()}).encode()
@@ -78,8 +79,8 @@ class WarmContainer:
         """Kill and release an unused warm container."""
         try:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        except OSError:
+            pass  # already gone (ESRCH, or EINVAL once its pid namespace is dead)
         try:
             os.waitpid(self.pid, 0)
         except ChildProcessError:
@@ -123,20 +124,23 @@ def start_warm_container(driver: CgroupDriver | None, own_pid_namespace: int,
 
 def _warm_main(sync_fd: int, payload_sync_fd: int, lifeline_fd: int,
                cgroup: Cgroup | None) -> NoReturn:
-    from nsmagic.runtime.supervisor import SETUP_FAILED, _keep_only, explain
+    from nsmagic.runtime.supervisor import SETUP_FAILED, ContainerFds, explain
 
     code = SETUP_FAILED
+    sync = None
     try:
-        sync_fd, payload_sync_fd, lifeline_fd = _keep_only([sync_fd, payload_sync_fd,
-                                                             lifeline_fd])
-        sync = socket.socket(fileno=sync_fd)
-        payload_sync = socket.socket(fileno=payload_sync_fd)
-        code = _warm_up_and_run(sync, payload_sync, lifeline_fd, cgroup)
+        fds = ContainerFds(sync=sync_fd, data=payload_sync_fd, lifeline=lifeline_fd).keep_only()
+        sync = socket.socket(fileno=fds.sync)
+        payload_sync = socket.socket(fileno=fds.data)
+        code = _warm_up_and_run(sync, payload_sync, fds.lifeline, cgroup)
     except BaseException as error:  # noqa: BLE001 - a child never returns to the server loop
-        try:
-            sync.send(f"error:{explain(error)}".encode()[:4000])
-        except Exception:  # noqa: BLE001
-            pass
+        if sync is not None:
+            try:
+                sync.send(f"error:{explain(error)}".encode()[:4000])
+            except OSError:
+                pass
+        else:
+            traceback.print_exc()
     finally:
         os._exit(code)
 
@@ -171,14 +175,14 @@ def _payload_when_asked(sync: socket.socket, warnings: list[str]) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
-    message, fds, _, _ = socket.recv_fds(sync, 1 << 16, 3)
+    message, fds, _, _ = socket.recv_fds(sync, 1 << 16, 4)
     if not message:
         return 0
     sync.close()
     request = json.loads(message)
     spec = ContainerSpec.from_wire(request["spec"])
-    payload = Payload(**request["payload"])
-    ctl_fd, stdout_fd, stderr_fd = fds
+    payload = Payload.from_wire(request["payload"])
+    ctl_fd, stdout_fd, stderr_fd, data_fd = fds
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(stdout_fd, 1)
@@ -187,4 +191,4 @@ def _payload_when_asked(sync: socket.socket, warnings: list[str]) -> int:
         os.close(fd)
     name_host(spec)
     send_quietly(ctl_fd, {"event": "ready", "warnings": warnings})
-    return run_payload(payload, ctl_fd, spec.env, spec.cwd)
+    return run_payload(payload, ctl_fd, spec.env, spec.cwd, data_fd)

@@ -72,6 +72,7 @@ class ContainerSpec:
     gid_outside: int | None = None
     name: str | None = None
     cgroup: str | None = None  # run in this existing nsmagic cgroup instead of a fresh one
+    net: str = "none"  # none (own namespace, lo), bridge, host, or container:<host pid>
     container_id: str = field(default_factory=lambda: secrets.token_hex(6))
 
     def mount_options(self) -> MountOptions:
@@ -100,10 +101,20 @@ class ContainerSpec:
         overlay: bool = False,
         rootfs: str | None = None,
         volumes: list[str] | tuple[Volume, ...] = (),
+        net: str | None = None,
         is_root: bool | None = None,
     ) -> ContainerSpec:
         """Validate options into a spec; userns=None means 'only when not root'."""
         chosen = set(DEFAULT_NAMESPACES if namespaces is None else namespaces)
+        net = net or ("none" if "net" in chosen else "host")
+        if net == "host":
+            chosen.discard("net")
+        elif net in ("none", "bridge"):
+            chosen.add("net")
+        elif net.startswith("container:") and net.split(":", 1)[1].isdigit():
+            chosen.discard("net")  # joined, not created
+        else:
+            raise SpecError(f"--net must be none, bridge, host or container:NAME, not {net!r}.")
         unknown = chosen - ALL_NAMESPACES
         if unknown:
             raise SpecError(
@@ -122,6 +133,9 @@ class ContainerSpec:
                     "creating namespaces needs root or a user namespace: drop --no-userns "
                     "(or run the kernel as root)."
                 )
+        if net == "bridge" and not is_root:
+            raise SpecError("--net bridge needs root (a veth pair on the host needs "
+                            "CAP_NET_ADMIN there): use --net none here.")
         if hostname is not None:
             validate_hostname(hostname)
             if "uts" not in chosen:
@@ -156,6 +170,7 @@ class ContainerSpec:
             private_tmp="mount" in chosen,
             name=name,
             cgroup=cgroup,
+            net=net,
             read_only=read_only,
             overlay=overlay,
             rootfs=rootfs,
@@ -202,18 +217,28 @@ def parse_volume(text: str) -> Volume:
 
 @dataclass(frozen=True)
 class Payload:
-    """What runs inside: Python source, or a shell script."""
+    """What runs inside: Python source, a shell script, or an agent serving many cells."""
 
-    kind: str  # "python" or "shell"
-    source: str
+    kind: str  # "python", "shell" or "agent"
+    source: str = ""
     filename: str = "<container>"
     first_line: int = 1  # line number of source's first line, so tracebacks match the cell
     shell: str = "/bin/sh"
+    inputs: bool = False  # variables arrive on the data socket before the code runs
+    outputs: tuple[str, ...] = ()  # variables sent back on the data socket afterwards
 
     def __post_init__(self) -> None:
-        if self.kind not in ("python", "shell"):
-            raise SpecError(f"payload kind must be 'python' or 'shell', not {self.kind!r}.")
+        if self.kind not in ("python", "shell", "agent"):
+            raise SpecError(f"payload kind must be 'python', 'shell' or 'agent', not "
+                            f"{self.kind!r}.")
+        if self.kind == "shell" and (self.inputs or self.outputs):
+            raise SpecError("--in and --out move Python variables: they need a Python cell.")
 
     def to_wire(self) -> dict[str, Any]:
         """JSON-safe form sent to the launcher."""
         return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Payload:
+        """Inverse of to_wire."""
+        return cls(**{**data, "outputs": tuple(data.get("outputs", ()))})

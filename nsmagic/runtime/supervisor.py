@@ -4,6 +4,7 @@ resources, notice how it ends, report it, and release everything, whatever happe
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ from typing import NoReturn
 from nsmagic.cgroups.base import Cgroup, CgroupDriver
 from nsmagic.cgroups.limits import format_size
 from nsmagic.errors import ContainerSetupError
-from nsmagic.isolation import namespaces, syscalls
+from nsmagic.isolation import namespaces, network, syscalls
 from nsmagic.runtime import protocol
 from nsmagic.runtime.init import run_init, setup_inside
 from nsmagic.runtime.pool import WarmContainer
@@ -35,21 +36,60 @@ class Step:
         self.name = name
 
 
+class ContainerFds:
+    """The descriptors a container's processes need, by role."""
+
+    ROLES = ("ctl", "stdout", "stderr", "data", "lifeline", "sync", "join_user", "join_net")
+
+    def __init__(self, **fds: int | None) -> None:
+        self.fds = {role: fd for role, fd in fds.items() if fd is not None}
+
+    def __getattr__(self, role: str) -> int | None:
+        if role in ContainerFds.ROLES:
+            return self.__dict__["fds"].get(role)
+        raise AttributeError(role)
+
+    def keep_only(self) -> ContainerFds:
+        """In a forked child: renumber ours to 3, 4, ... and close everything else.
+
+        A descriptor of another container left open here would keep that container's
+        lifeline alive, so nothing of the server's may survive into a container.
+        """
+        roles = list(self.fds)
+        fds = [self.fds[r] for r in roles]
+        # Park them above every number involved first, so no dup2 below overwrites one
+        # still needed. (Not at a fixed high number: RLIMIT_NOFILE may be as low as 1024.)
+        floor = max([*fds, _KEEP_BASE + len(fds)]) + 1
+        parked = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in fds]
+        renumbered = {}
+        for index, (role, fd) in enumerate(zip(roles, parked, strict=True)):
+            os.dup2(fd, _KEEP_BASE + index, inheritable=False)
+            renumbered[role] = _KEEP_BASE + index
+        os.closerange(_KEEP_BASE + len(fds), 65536)
+        return ContainerFds(**renumbered)
+
+
 class SupervisedContainer:
-    """The fork server's record of one container: its pid 1, message socket and cgroup.
+    """The fork server's record of one container: its pid 1, message socket, cgroup and
+    network attachment.
 
     `release()` is the one place that gives everything back; it is safe to call twice and is
     called whether the container ended, failed to start, or its notebook went away.
     """
 
-    def __init__(self, spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd: int,
-                 stderr_fd: int, cgroup_driver: CgroupDriver | None) -> None:
+    def __init__(self, spec: ContainerSpec, payload: Payload, fds: list[int],
+                 cgroup_driver: CgroupDriver | None,
+                 bridge: network.Bridge | None = None) -> None:
+        stdout_fd, stderr_fd, ctl_fd, data_fd = fds
         self.spec = spec
         self.payload = payload
         self.ctl = socket.socket(fileno=ctl_fd)
         self.stdout_fd = stdout_fd
         self.stderr_fd = stderr_fd
+        self.data_fd = data_fd
         self.cgroup_driver = cgroup_driver
+        self.bridge = bridge
+        self.attachment: network.Attachment | None = None
         self.cgroup: Cgroup | None = None
         self.owns_cgroup = spec.cgroup is None
         self._oom_kills_before = 0
@@ -57,6 +97,10 @@ class SupervisedContainer:
         self.pidfd: int | None = None
         self._lifeline_write: int | None = None
         self._released = False
+
+    def _close_payload_fds(self) -> None:
+        for fd in (self.stdout_fd, self.stderr_fd, self.data_fd):
+            os.close(fd)
 
     # -- creation ------------------------------------------------------------------------
     def create(self, own_pid_namespace: int) -> None:
@@ -70,8 +114,7 @@ class SupervisedContainer:
         except Exception as error:  # noqa: BLE001 - turned into one message for the user
             raise ContainerSetupError(f"{step.name}: {explain(error)}") from error
         finally:
-            for fd in (self.stdout_fd, self.stderr_fd):
-                os.close(fd)
+            self._close_payload_fds()
 
     def _create(self, step: Step, own_pid_namespace: int) -> None:
         if self.spec.cgroup is not None:
@@ -84,18 +127,30 @@ class SupervisedContainer:
         elif self.cgroup_driver is not None:
             step("creating the cgroup")
             self.cgroup = self.cgroup_driver.create(self.spec.container_id, self.spec.limits)
+        if self.spec.net == "bridge":
+            step("creating the container's veth pair on the bridge")
+            self.attachment = self.bridge.attach(self.spec.container_id)
+        userns = "user" in self.spec.namespaces
+        join_user = join_net = None
+        if self.spec.net.startswith("container:"):
+            step("opening the network namespace to share")
+            target = int(self.spec.net.split(":", 1)[1])
+            join_net = os.open(f"/proc/{target}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            if userns:
+                join_user = os.open(f"/proc/{target}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         lifeline_read, self._lifeline_write = os.pipe2(os.O_CLOEXEC)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        keep = [self.ctl.fileno(), self.stdout_fd, self.stderr_fd, lifeline_read, theirs.fileno()]
-        userns = "user" in self.spec.namespaces
+        fds = ContainerFds(ctl=self.ctl.fileno(), stdout=self.stdout_fd, stderr=self.stderr_fd,
+                           data=self.data_fd, lifeline=lifeline_read, sync=theirs.fileno(),
+                           join_user=join_user, join_net=join_net)
+        directories = self.cgroup.directories() if self.cgroup is not None else []
         step("forking the container's first process")
         if userns:
             # A pid namespace must belong to the new user namespace (or root inside could not
             # mount its /proc), so an intermediate process creates both, then forks pid 1.
             child = os.fork()
             if child == 0:
-                _child_main(_setup_process, keep, self.spec, self.payload,
-                            self._cgroup_directories())
+                _child_main(_setup_process, fds, self.spec, self.payload, directories)
         else:
             # Root needs no intermediate: a new pid namespace for our next child only, then
             # back to our own, so this server keeps forking into fresh namespaces.
@@ -104,12 +159,13 @@ class SupervisedContainer:
             try:
                 child = os.fork()
                 if child == 0:
-                    _child_main(_init_process, keep, self.spec, self.payload,
-                                self._cgroup_directories())
+                    _child_main(_init_process, fds, self.spec, self.payload, directories)
             finally:
                 if "pid" in self.spec.namespaces:
                     syscalls.setns(own_pid_namespace, syscalls.CLONE_NEWPID)
-        os.close(lifeline_read)
+        for fd in (lifeline_read, join_user, join_net):
+            if fd is not None:
+                os.close(fd)
         theirs.close()
         try:
             self._drive_setup(step, child, ours, userns)
@@ -117,37 +173,7 @@ class SupervisedContainer:
             ours.close()
             if userns:
                 os.waitpid(child, 0)
-        protocol.send(self.ctl, {"event": "started", "pid": self.init_pid,
-                                 "cgroup": self.cgroup.name if self.cgroup else None,
-                                 "cgroup_driver": getattr(self.cgroup_driver, "name", None),
-                                 "warnings": self._limit_warnings()})
-
-    def adopt(self, warm: WarmContainer) -> None:
-        """Take over a pre-warmed pid 1 instead of creating one (see pool.py)."""
-        try:
-            self.cgroup, self.init_pid, self.pidfd = warm.cgroup, warm.pid, warm.pidfd
-            self._lifeline_write = warm.lifeline_write
-            warm.hand_over(self.spec, self.payload, [self.ctl.fileno(), self.stdout_fd,
-                                                     self.stderr_fd])
-        except Exception as error:  # noqa: BLE001
-            raise ContainerSetupError(f"handing over to a warm container: {explain(error)}") \
-                from error
-        finally:
-            for fd in (self.stdout_fd, self.stderr_fd):
-                os.close(fd)
-        protocol.send(self.ctl, {"event": "started", "pid": self.init_pid, "warm": True,
-                                 "cgroup": self.cgroup.name if self.cgroup else None,
-                                 "cgroup_driver": getattr(self.cgroup_driver, "name", None),
-                                 "warnings": self._limit_warnings()})
-
-    def _limit_warnings(self) -> list[str]:
-        if self.cgroup is None or self.spec.limits.is_empty():
-            return []
-        return [f"limits only approximated: {note}" for note in self.cgroup.approximations()]
-
-    def _cgroup_directories(self) -> list[str]:
-        # A shared group (--cgroup) is shown too: it is where the container's limits are.
-        return self.cgroup.directories() if self.cgroup is not None else []
+        self._announce(warm=False)
 
     def _drive_setup(self, step: Step, child: int, sync: socket.socket, userns: bool) -> None:
         if not userns:
@@ -158,24 +184,60 @@ class SupervisedContainer:
             step("moving the container into its cgroup")
             self.cgroup.attach(child)
         sync.send(b"go")
-        reply = sync.recv(4096)
+        reply = _expect(sync, step)
         if reply == b"maps":
             step("writing the user namespace id maps")
             namespaces.write_id_maps(child, namespaces.IdMap(0, self.spec.uid_outside),
                                      namespaces.IdMap(0, self.spec.gid_outside))
             sync.send(b"ok")
-            reply = sync.recv(4096)
-        if reply.startswith(b"error:"):
-            failed_step, _, message = reply[6:].decode().partition(":")
-            step(failed_step)
-            raise OSError(message)
+            reply = _expect(sync, step)
         if userns:
-            if not reply.startswith(b"pid:"):
-                raise RuntimeError(f"the set-up process ended unexpectedly ({reply!r})")
-            self.init_pid = int(reply[4:])
+            # The set-up process reports pid 1's pid and pid 1 reports ready, on one socket
+            # and in either order.
+            replies = [reply, _expect(sync, step)]
+            pid_reply = next((r for r in replies if r.startswith(b"pid:")), None)
+            if pid_reply is None:
+                raise RuntimeError(f"the set-up process ended unexpectedly ({replies!r})")
+            self.init_pid = int(pid_reply[4:])
             self.pidfd = os.pidfd_open(self.init_pid)
-        elif reply != b"ready":
+            reply = next((r for r in replies if r != pid_reply), b"")
+        if reply != b"ready":
             raise RuntimeError(f"pid 1 ended during set-up ({reply!r})")
+        if self.attachment is not None:
+            step("moving the veth end into the container")
+            self.bridge.move_into(self.attachment, self.init_pid)
+            sync.send(b"net:" + json.dumps(self.attachment.to_wire()).encode())
+            if _expect(sync, step) != b"ok":
+                raise RuntimeError("pid 1 ended while configuring its network")
+        sync.send(b"run")
+
+    def adopt(self, warm: WarmContainer) -> None:
+        """Take over a pre-warmed pid 1 instead of creating one (see pool.py)."""
+        try:
+            self.cgroup, self.init_pid, self.pidfd = warm.cgroup, warm.pid, warm.pidfd
+            self._lifeline_write = warm.lifeline_write
+            warm.hand_over(self.spec, self.payload,
+                           [self.ctl.fileno(), self.stdout_fd, self.stderr_fd, self.data_fd])
+        except Exception as error:  # noqa: BLE001
+            raise ContainerSetupError(f"handing over to a warm container: {explain(error)}") \
+                from error
+        finally:
+            self._close_payload_fds()
+        self._announce(warm=True)
+
+    def _announce(self, warm: bool) -> None:
+        protocol.send(self.ctl, {
+            "event": "started", "pid": self.init_pid, "warm": warm,
+            "cgroup": self.cgroup.name if self.cgroup else None,
+            "cgroup_driver": getattr(self.cgroup_driver, "name", None),
+            "address": self.attachment.address if self.attachment else None,
+            "warnings": self._limit_warnings(),
+        })
+
+    def _limit_warnings(self) -> list[str]:
+        if self.cgroup is None or self.spec.limits.is_empty():
+            return []
+        return [f"limits only approximated: {note}" for note in self.cgroup.approximations()]
 
     # -- end -----------------------------------------------------------------------------
     def kill(self) -> None:
@@ -183,8 +245,8 @@ class SupervisedContainer:
         if self.pidfd is not None:
             try:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            except OSError:
+                pass  # already gone (ESRCH, or EINVAL once its pid namespace is dead)
         if self.cgroup is not None and self.owns_cgroup and "pid" not in self.spec.namespaces:
             self.cgroup.kill()  # without a pid namespace, only the cgroup knows them all
 
@@ -239,115 +301,127 @@ class SupervisedContainer:
         if self._lifeline_write is not None:
             os.close(self._lifeline_write)
             self._lifeline_write = None
+        problems = []
+        if self.attachment is not None:
+            try:
+                self.bridge.detach(self.attachment)
+            except Exception as error:  # noqa: BLE001
+                problems.append(f"veth {self.attachment.host_ifname} not removed: "
+                                f"{explain(error)}")
+            self.attachment = None
         if self.cgroup is not None and self.owns_cgroup:
             try:
                 self.cgroup.remove()
             except OSError as error:
-                send_quietly(self.ctl, {"event": "warning",
-                                        "message": f"cgroup not removed: {explain(error)}"})
+                problems.append(f"cgroup not removed: {explain(error)}")
             self.cgroup = None
+        for problem in problems:
+            send_quietly(self.ctl, {"event": "warning", "message": problem})
         self.ctl.close()
 
 
+def _expect(sync: socket.socket, step: Step) -> bytes:
+    """The next set-up message; an error report from the child raises, naming its step."""
+    reply = sync.recv(4096)
+    if reply.startswith(b"error:"):
+        failed_step, _, message = reply[6:].decode().partition(":")
+        step(failed_step)
+        raise OSError(message)
+    return reply
+
+
 # -- the container's own processes (run in forked children of the server) ---------------
-def _child_main(function, keep: list[int], spec: ContainerSpec, payload: Payload,  # noqa: ANN001
+def _child_main(function, fds: ContainerFds, spec: ContainerSpec, payload: Payload,  # noqa: ANN001
                 cgroup_directories: list[str]) -> NoReturn:
-    """Keep only this container's descriptors, then run function(spec, payload, *fds)."""
+    """Keep only this container's descriptors, then run function(spec, payload, fds, dirs)."""
     code = SETUP_FAILED
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        fds = _keep_only(keep)
-        code = function(spec, payload, *fds, cgroup_directories=cgroup_directories)
+        code = function(spec, payload, fds.keep_only(), cgroup_directories)
     except BaseException:  # noqa: BLE001 - a child must never return into the server's loop
         traceback.print_exc()
     finally:
         os._exit(code)
 
 
-def _keep_only(fds: list[int]) -> list[int]:
-    """Renumber fds to 3, 4, ... and close every other descriptor inherited from the server.
-
-    A descriptor of another container left open here would keep that container's lifeline
-    alive, so nothing of the server's may survive into a container.
-    """
-    # Park them above every number involved first, so no dup2 below overwrites one still
-    # needed. (Not at a fixed high number: RLIMIT_NOFILE may be as low as 1024.)
-    floor = max([*fds, _KEEP_BASE + len(fds)]) + 1
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in fds]
-    kept = []
-    for index, fd in enumerate(high):
-        target = _KEEP_BASE + index
-        os.dup2(fd, target, inheritable=False)
-        kept.append(target)
-    os.closerange(_KEEP_BASE + len(fds), 65536)
-    return kept
+def _report_error(sync: socket.socket, step: str, error: BaseException) -> int:
+    sync.send(f"error:{step}:{explain(error)}".encode()[:4000])
+    return SETUP_FAILED
 
 
-def _setup_process(spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd: int,
-                   stderr_fd: int, lifeline_fd: int, sync_fd: int,
+def _setup_process(spec: ContainerSpec, payload: Payload, fds: ContainerFds,
                    cgroup_directories: list[str]) -> int:
     """User-namespace path: create every namespace, get mapped, fork pid 1, exit."""
-    sync = socket.socket(fileno=sync_fd)
+    sync = socket.socket(fileno=fds.sync)
     step = "creating namespaces"
     try:
         sync.recv(16)
-        syscalls.unshare(namespaces.flags_for(spec.namespaces))
-        step = "mapping root inside the user namespace"
-        sync.send(b"maps")
-        if sync.recv(16) != b"ok":
-            return SETUP_FAILED
+        flags = namespaces.flags_for(spec.namespaces)
+        if fds.join_user is not None:
+            # Sharing another container's network: enter its user namespace (where we are
+            # already mapped), then its network namespace, and create only the rest.
+            step = "joining the other container's namespaces"
+            syscalls.setns(fds.join_user, syscalls.CLONE_NEWUSER)
+            syscalls.setns(fds.join_net, syscalls.CLONE_NEWNET)
+            syscalls.unshare(flags & ~syscalls.CLONE_NEWUSER)
+        else:
+            syscalls.unshare(flags)
+            step = "mapping root inside the user namespace"
+            sync.send(b"maps")
+            if sync.recv(16) != b"ok":
+                return SETUP_FAILED
         namespaces.become_root_inside()
         step = "starting pid 1"
         init_pid = os.fork()
         if init_pid == 0:
-            os._exit(_init_inside(spec, payload, ctl_fd, stdout_fd, stderr_fd, lifeline_fd,
-                                  None, cgroup_directories))
+            os._exit(_init_inside(spec, payload, fds, sync, cgroup_directories))
         sync.send(f"pid:{init_pid}".encode())
     except Exception as error:  # noqa: BLE001 - handed to the server to report
-        sync.send(f"error:{step}:{explain(error)}".encode()[:4000])
-        return SETUP_FAILED
+        return _report_error(sync, step, error)
     return 0
 
 
-def _init_process(spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd: int,
-                  stderr_fd: int, lifeline_fd: int, sync_fd: int,
+def _init_process(spec: ContainerSpec, payload: Payload, fds: ContainerFds,
                   cgroup_directories: list[str]) -> int:
     """Root path: we are pid 1 already; wait for our cgroup, then create the namespaces."""
-    sync = socket.socket(fileno=sync_fd)
+    sync = socket.socket(fileno=fds.sync)
     try:
         sync.recv(16)
-        syscalls.unshare(namespaces.flags_for(spec.namespaces - {"pid"}))
+        flags = namespaces.flags_for(spec.namespaces - {"pid"})
+        if fds.join_net is not None:
+            syscalls.setns(fds.join_net, syscalls.CLONE_NEWNET)
+        syscalls.unshare(flags)
     except Exception as error:  # noqa: BLE001
-        sync.send(f"error:creating namespaces:{explain(error)}".encode()[:4000])
-        return SETUP_FAILED
-    return _init_inside(spec, payload, ctl_fd, stdout_fd, stderr_fd, lifeline_fd, sync,
-                        cgroup_directories)
+        return _report_error(sync, "creating namespaces", error)
+    return _init_inside(spec, payload, fds, sync, cgroup_directories)
 
 
-def _init_inside(spec: ContainerSpec, payload: Payload, ctl_fd: int, stdout_fd: int,
-                 stderr_fd: int, lifeline_fd: int, sync: socket.socket | None,
-                 cgroup_directories: list[str]) -> int:
+def _init_inside(spec: ContainerSpec, payload: Payload, fds: ContainerFds,
+                 sync: socket.socket, cgroup_directories: list[str]) -> int:
     syscalls.set_process_name("nsmagic-init")
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    os.dup2(stdout_fd, 1)
-    os.dup2(stderr_fd, 2)
-    for fd in (devnull, stdout_fd, stderr_fd):
+    os.dup2(fds.stdout, 1)
+    os.dup2(fds.stderr, 2)
+    for fd in (devnull, fds.stdout, fds.stderr):
         os.close(fd)
+    step = "setting up inside the container"
     try:
         warnings = setup_inside(spec, cgroup_directories if "cgroup" in spec.namespaces else [])
-    except Exception as error:  # noqa: BLE001
-        message = f"setting up inside the container: {explain(error)}"
-        if sync is not None:
-            sync.send(f"error:{message}".encode()[:4000])
-        else:
-            send_quietly(ctl_fd, {"event": "setup-failed", "message": message})
-        return SETUP_FAILED
-    if sync is not None:
         sync.send(b"ready")
-        sync.close()
-    send_quietly(ctl_fd, {"event": "ready", "warnings": warnings})
-    return run_init(spec, payload, ctl_fd, lifeline_fd)
+        message = sync.recv(4096)
+        if message.startswith(b"net:"):
+            step = "configuring the container's network"
+            network.configure_inside(json.loads(message[4:]))
+            sync.send(b"ok")
+            message = sync.recv(4096)
+        if message != b"run":
+            return SETUP_FAILED
+    except Exception as error:  # noqa: BLE001
+        return _report_error(sync, step, error)
+    sync.close()
+    send_quietly(fds.ctl, {"event": "ready", "warnings": warnings})
+    return run_init(spec, payload, fds.ctl, fds.lifeline, fds.data)
 
 
 def send_quietly(ctl: socket.socket | int, message: dict) -> None:

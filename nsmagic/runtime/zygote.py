@@ -13,7 +13,7 @@ import traceback
 
 from nsmagic.cgroups.base import CgroupDriver
 from nsmagic.errors import ContainerSetupError
-from nsmagic.isolation import syscalls
+from nsmagic.isolation import network, syscalls
 from nsmagic.runtime import pool, protocol
 from nsmagic.runtime.spec import ContainerSpec, Payload
 from nsmagic.runtime.supervisor import SupervisedContainer, send_quietly
@@ -39,6 +39,7 @@ class ForkServer:
         self._served = 0
         self.pool_size = 0 if once else pool.pool_size_from_environment()
         self.warm: list[pool.WarmContainer] = []
+        self.bridge: network.Bridge | None = None
         self._warm_failures = 0
 
     def cgroup_driver(self) -> CgroupDriver | None:
@@ -84,6 +85,8 @@ class ForkServer:
             for container in list(self.containers):
                 self._forget(container)
                 _quietly(container.release)
+            if self.bridge is not None:
+                _quietly(self.bridge.remove)
 
     # -- the warm pool -------------------------------------------------------------------
     def _pool_wants_more(self) -> bool:
@@ -137,7 +140,7 @@ class ForkServer:
         return None
 
     def _handle_request(self) -> bool:
-        request, fds = protocol.receive(self.control, max_fds=3)
+        request, fds = protocol.receive(self.control, max_fds=4)
         if request is None:
             return False
         op = request.get("op")
@@ -156,11 +159,11 @@ class ForkServer:
         return True
 
     def _launch(self, request: dict, fds: list[int]) -> None:
-        stdout_fd, stderr_fd, ctl_fd = fds
+        ctl_fd = fds[2]
         self._served += 1
         try:
             spec = ContainerSpec.from_wire(request["spec"])
-            payload = Payload(**request["payload"])
+            payload = Payload.from_wire(request["payload"])
             driver = self.cgroup_driver() if _wants_cgroup(spec, self) else None
         except Exception as error:  # noqa: BLE001
             send_quietly(ctl_fd, {"event": "setup-failed", "step": "reading the request",
@@ -168,7 +171,8 @@ class ForkServer:
             for fd in fds:
                 os.close(fd)
             return
-        container = SupervisedContainer(spec, payload, ctl_fd, stdout_fd, stderr_fd, driver)
+        container = SupervisedContainer(spec, payload, fds, driver,
+                                        self._bridge() if spec.net == "bridge" else None)
         warm = self._take_warm(spec)
         try:
             if warm is not None:
@@ -180,6 +184,7 @@ class ForkServer:
             send_quietly(container.ctl, {"event": "setup-failed", "step": step,
                                          "message": message})
             container.release()
+            self._drop_idle_bridge()
             return
         self.containers.add(container)
         self.selector.register(container.pidfd, selectors.EVENT_READ, (container, "pid"))
@@ -203,6 +208,18 @@ class ForkServer:
     def _reap(self, container: SupervisedContainer) -> None:
         self._forget(container)
         container.reap()
+        self._drop_idle_bridge()
+
+    def _bridge(self) -> network.Bridge:
+        if self.bridge is None:
+            subnet = os.environ.get("NSMAGIC_SUBNET") or network.default_subnet(os.getpid())
+            self.bridge = network.Bridge(os.getpid(), subnet)
+        return self.bridge
+
+    def _drop_idle_bridge(self) -> None:
+        # The bridge lives exactly as long as some container is attached to it.
+        if self.bridge is not None and not self.bridge.in_use:
+            _quietly(self.bridge.remove)
 
     def _forget(self, container: SupervisedContainer) -> None:
         self.containers.discard(container)

@@ -1,0 +1,107 @@
+"""Moving variables between the notebook and a container: pickled on the way in, and on the
+way out unpickled with an allow-list, since a container's bytes must never run code in the
+notebook kernel (an unrestricted unpickler would let it)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+from typing import Any
+
+from nsmagic.errors import SpecError
+
+# Plain data only: what a notebook user moves in and out of a container in a lesson.
+_SAFE_GLOBALS = {
+    ("builtins", name) for name in (
+        "complex", "set", "frozenset", "bytearray", "range", "slice", "list", "dict",
+        "tuple", "str", "bytes", "int", "float", "bool")
+} | {
+    ("collections", "OrderedDict"), ("collections", "deque"), ("collections", "Counter"),
+    ("datetime", "datetime"), ("datetime", "date"), ("datetime", "time"),
+    ("datetime", "timedelta"), ("datetime", "timezone"), ("decimal", "Decimal"),
+    ("fractions", "Fraction"), ("copyreg", "_reconstructor"), ("builtins", "object"),
+}
+_FRAME_HEADER = struct.Struct("!Q")
+
+
+class TransferError(SpecError):
+    """A variable cannot be moved into or out of a container; the message names it."""
+
+
+def pack(values: dict[str, Any]) -> dict[str, bytes]:
+    """Pickle each variable on its own, so an error names the one that failed."""
+    packed = {}
+    for name, value in values.items():
+        try:
+            packed[name] = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:  # noqa: BLE001 - pickling raises many kinds
+            raise TransferError(
+                f"variable {name!r} cannot be copied into the container: it cannot be "
+                f"pickled ({type(value).__name__}: {error})."
+            ) from None
+    return packed
+
+
+def unpack_trusted(packed: dict[str, bytes]) -> dict[str, Any]:
+    """Inside the container: the notebook's own pickles."""
+    return {name: pickle.loads(blob) for name, blob in packed.items()}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+
+def unpack_untrusted(packed: dict[str, bytes]) -> dict[str, Any]:
+    """In the notebook: a container's pickles, allowing plain data only."""
+    values = {}
+    for name, blob in packed.items():
+        try:
+            values[name] = _SafeUnpickler(io.BytesIO(blob)).load()
+        except Exception as error:  # noqa: BLE001
+            raise TransferError(
+                f"variable {name!r} cannot be copied out of the container: only plain data "
+                f"(numbers, strings, bytes, lists, tuples, dicts, sets, dates) can ({error})."
+            ) from None
+    return values
+
+
+def send_frame(sock: Any, data: bytes) -> None:
+    """One length-prefixed frame on a stream socket."""
+    sock.sendall(_FRAME_HEADER.pack(len(data)) + data)
+
+
+def receive_frame(sock: Any) -> bytes | None:
+    """The next frame, or None at end of stream."""
+    header = _receive_exactly(sock, _FRAME_HEADER.size)
+    if header is None:
+        return None
+    (size,) = _FRAME_HEADER.unpack(header)
+    return _receive_exactly(sock, size) if size else b""
+
+
+def _receive_exactly(sock: Any, size: int) -> bytes | None:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = sock.recv(min(remaining, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def split_frames(buffer: bytes) -> list[bytes]:
+    """All complete frames in a buffer read at once."""
+    frames, offset = [], 0
+    while offset + _FRAME_HEADER.size <= len(buffer):
+        (size,) = _FRAME_HEADER.unpack_from(buffer, offset)
+        start = offset + _FRAME_HEADER.size
+        if start + size > len(buffer):
+            break
+        frames.append(buffer[start:start + size])
+        offset = start + size
+    return frames
