@@ -6,11 +6,13 @@ from typing import Any
 
 from nsmagic.magics.cgroup import CgroupMagics
 from nsmagic.magics.container import ContainerError, ContainerMagics
+from nsmagic.magics.dashboard import DashboardMagics
+from nsmagic.magics.vm import VMMagics
 from nsmagic.runtime.launcher import close_default_launcher
 
 # Every Magics class the extension registers; each is a traitlets Configurable, so
 # %config <ClassName>.<option> works for all of them.
-MAGIC_CLASSES: list[type] = [ContainerMagics, CgroupMagics]
+MAGIC_CLASSES: list[type] = [ContainerMagics, CgroupMagics, DashboardMagics, VMMagics]
 _loaded: dict[int, list[Any]] = {}
 
 

@@ -1,0 +1,363 @@
+"""Live CPU and memory plots of the kernel's containers: `Dashboard`, `show_dashboard()`,
+`live_plot(container_id)`.
+
+Why a PNG in an `ipywidgets.Image`, drawn by a daemon thread
+------------------------------------------------------------
+- It updates while other cells run. The kernel executes one cell at a time on its main
+  thread; a plot that redraws from a daemon thread and pushes bytes through a widget comm is
+  not blocked by a busy cell (comm messages from threads work in ipykernel >= 7.1; 7.0.x
+  is broken and asyncio tasks stop when the cell completes in ipykernel 7).
+- ipympl (`%matplotlib widget`) does not redraw while the cell that created the figure is
+  still running, and needs its own front-end extension; Plotly/bqplot need theirs too.
+- `ipywidgets.Image` is part of core ipywidgets: it renders in JupyterLab 4, Notebook 7,
+  VS Code and Voila with no extension beyond ipywidgets itself.
+- matplotlib is drawn through its object API (`Figure` + `FigureCanvasAgg`), never pyplot,
+  which is global, not thread-safe, and would leak figures into the inline backend.
+- When a dashboard stops (or a live plot's container ends) the final figure is also shown as
+  a plain `image/png` output, and the live widget is hidden: exported notebooks (nbconvert,
+  GitHub, a notebook reopened without its kernel) keep a picture.
+
+The static picture goes into a placeholder output shown right under the widget (an output
+with a display_id), replaced through update_display, so it lands in the dashboard's own cell
+even when `stop()` is called from a later cell.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from nsmagic.cgroups.limits import format_size
+from nsmagic.monitor import MONITOR, ContainerSeries, Monitor
+from nsmagic.widgets.render import COLOURS, PlotRenderer
+
+DEFAULT_FPS = 2.0
+MAX_FPS = 4.0
+MIN_FPS = 0.2
+DEFAULT_WINDOW_S = 120.0
+
+# Dashboards started and not yet stopped (for `%dashboard stop` and extension unload).
+_OPEN: list[Dashboard] = []
+_OPEN_LOCK = threading.Lock()
+
+
+class Dashboard:
+    """A live panel: CPU and memory plots of running containers plus a table of current values.
+
+    containers: ids, names or id prefixes to show (default: every container of the kernel that
+        runs, or ended, within the time window).
+    fps: frames per second (1-4 is sensible; clamped to 0.2..4).
+    window: seconds of history on the time axis.
+    rate: sampling rate asked of the monitor while the dashboard runs (default: its own, 4 Hz).
+    stop_when_done: stop by itself once every listed container has exited (needs containers).
+    title: a title above the plots.
+
+    Display it (last expression of a cell, or `display(dash)`), or call `show()`. `stop()`
+    ends its thread, hides the live widget and leaves the final figure as a static PNG;
+    closing the widget (`dash.close()` or `dash.widget.close()`) stops it too.
+    """
+
+    def __init__(self, containers: Iterable[str] | None = None, fps: float = DEFAULT_FPS,
+                 window: float = DEFAULT_WINDOW_S, rate: float | None = None,
+                 stop_when_done: bool = False, title: str | None = None,
+                 monitor: Monitor | None = None, width: float = 10.0,
+                 height: float = 3.6) -> None:
+        import ipywidgets
+
+        self.containers = None if containers is None else [str(c) for c in containers]
+        if stop_when_done and not self.containers:
+            raise ValueError("stop_when_done needs the containers to wait for")
+        self.fps = min(MAX_FPS, max(MIN_FPS, float(fps)))
+        self.window = float(window)
+        self.rate = rate
+        self.stop_when_done = stop_when_done
+        self.monitor = monitor if monitor is not None else MONITOR
+        self.t0 = time.time()
+        self.frames = 0
+        self.last_png: bytes | None = None
+        self._renderer = PlotRenderer(width, height, title=title)
+        self._colours: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._finished = False
+        self._finish_lock = threading.Lock()
+        self._draw_lock = threading.Lock()
+        self._parent: dict | None = None
+        self._static_id = f"nsmagic-dashboard-{uuid.uuid4().hex}"
+        self._static_shown = False
+        self._last_signature: Any = None
+        self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(
+            width="100%", max_width=f"{int(width * 96)}px", height="auto"))
+        self.table = ipywidgets.HTML(value=self._table_html([]))
+        self.widget = ipywidgets.VBox([self.image, self.table])
+        self.widget.add_class("nsmagic-dashboard")
+        self.widget.observe(self._on_comm_change, names="comm")
+        self.image.observe(self._on_comm_change, names="comm")
+        # A first frame, so the widget is never an empty box.
+        self._draw(force=True)
+
+    # -- showing ----------------------------------------------------------------------------
+    def show(self) -> Dashboard:
+        """Display the widget (and the placeholder for the final static image), then start."""
+        from IPython.display import display
+
+        display(self.widget)
+        self._display_placeholder()
+        self.start()
+        return self
+
+    def _ipython_display_(self) -> None:
+        self.show()
+
+    def _display_placeholder(self) -> None:
+        from IPython.display import display
+
+        display({"text/plain": ""}, raw=True, display_id=self._static_id)
+        self._static_shown = True
+
+    def start(self) -> Dashboard:
+        """Start the drawing thread (idempotent); show() calls this."""
+        if self._thread is not None or self._finished:
+            return self
+        self._parent = _current_parent()
+        self._thread = threading.Thread(target=self._run, name="nsmagic-dashboard", daemon=True)
+        with _OPEN_LOCK:
+            _OPEN.append(self)
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        """True while the drawing thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- stopping -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """End the thread, draw the final frame and leave it as a static PNG; safe twice."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        self._finish()
+
+    def close(self) -> None:
+        """stop(), then close the widgets (their views disappear from the page)."""
+        self.stop()
+        for widget in (self.widget, self.image, self.table):
+            widget.close()
+
+    def _on_comm_change(self, change: dict) -> None:
+        if change.get("new") is None:  # the widget was closed
+            self._stop.set()
+
+    def _finish(self) -> None:
+        with self._finish_lock:
+            if self._finished:
+                return
+            self._finished = True
+        with _OPEN_LOCK:
+            if self in _OPEN:
+                _OPEN.remove(self)
+        if self.image.comm is None:
+            return  # closed: nobody to show a picture to
+        png = self._draw(force=True)
+        if self._static_shown and png:
+            from IPython.display import update_display
+
+            summary = self._summary_text()
+            update_display({"image/png": png, "text/plain": summary}, raw=True,
+                           display_id=self._static_id)
+            self.widget.layout.display = "none"
+
+    # -- drawing ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        tokens = _set_thread_parent(self._parent)
+        watch = self.monitor.watch(rate=self.rate)
+        try:
+            while not self._stop.wait(1.0 / self.fps):
+                if self.image.comm is None or self.widget.comm is None:
+                    break
+                self._draw()
+                if self.stop_when_done and self._all_done():
+                    break
+        except Exception:  # noqa: BLE001 - a plot failure must not take the kernel down
+            pass
+        finally:
+            watch.close()
+            if not self._stop.is_set():
+                # Ended by itself (its containers are done, or it was closed): leave the picture.
+                try:
+                    self._finish()
+                except Exception:  # noqa: BLE001
+                    pass
+            _reset_thread_parent(tokens)
+
+    def visible_series(self) -> list[ContainerSeries]:
+        """The series this dashboard shows now."""
+        horizon = time.time() - self.window
+        chosen = []
+        for series in self.monitor.series():
+            if self.containers is not None:
+                if not any(series.container_id == c or series.name == c
+                           or series.container_id.startswith(c) for c in self.containers):
+                    continue
+            elif series.state == "exited" and (series.ended_at or 0) < max(horizon, self.t0):
+                continue  # ended before this dashboard opened, or out of the window
+            chosen.append(series)
+        for series in chosen:
+            if series.container_id not in self._colours:
+                self._colours[series.container_id] = COLOURS[len(self._colours) % len(COLOURS)]
+        return chosen
+
+    def _all_done(self) -> bool:
+        chosen = self.visible_series()
+        return bool(chosen) and len(chosen) >= len(self.containers or []) and all(
+            s.state == "exited" for s in chosen)
+
+    def _draw(self, force: bool = False) -> bytes | None:
+        with self._draw_lock:
+            series = self.visible_series()
+            signature = tuple((s.container_id, len(s), s.last("time"), s.state, len(s.events))
+                              for s in series)
+            if not force and signature == self._last_signature and not any(
+                    s.state != "exited" for s in series):
+                return self.last_png  # nothing new and nothing running: keep the frame
+            self._last_signature = signature
+            t0 = min([self.t0, *(s.started_at for s in series)]) if self.containers else self.t0
+            png = self._renderer.render(series, self._colours, t0, self.window)
+            self.last_png = png
+            self.frames += 1
+            self.image.value = png
+            self.table.value = self._table_html(series)
+            return png
+
+    def _table_html(self, series: list[ContainerSeries]) -> str:
+        head = ("<tr><th></th><th>container</th><th>state</th><th>CPU % core</th>"
+                "<th>% of limit</th><th>memory</th><th>peak</th><th>limit</th>"
+                "<th>throttled</th><th>OOM kills</th></tr>")
+        rows = []
+        for item in series:
+            colour = self._colours.get(item.container_id, "#777")
+            cpu, of_limit = item.last("cpu_percent"), item.last("cpu_limit_percent")
+            current, peak = item.last("memory_current"), item.last("memory_peak")
+            throttled = sum(v for v in item.columns["throttled_periods"] if v)
+            kills = item.last("oom_kills") or sum(1 for e in item.events if e["kind"] == "oom")
+            state = item.state if item.state != "exited" else f"exited: {item.outcome or ''}"
+            cells = [
+                f'<span style="color:{colour};font-size:16px">&#9632;</span>',
+                html.escape(item.label), html.escape(state),
+                "" if cpu is None else f"{cpu:.0f}",
+                "" if of_limit is None else f"{of_limit:.0f}",
+                _size(current), _size(peak), _size(item.memory_limit),
+                str(throttled), str(kills),
+            ]
+            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        if not rows:
+            rows.append('<tr><td colspan="10"><i>no container yet: start one with '
+                        "%%container or nsmagic.run()</i></td></tr>")
+        return ('<table class="nsmagic-dashboard-table" style="font-size:12px;'
+                'border-collapse:collapse">' + head + "".join(rows) + "</table>")
+
+    def _summary_text(self) -> str:
+        parts = []
+        for item in self.visible_series():
+            peak = item.last("memory_peak")
+            parts.append(f"{item.label}: {item.state}, peak memory {_size(peak) or '?'}")
+        return "<nsmagic dashboard: " + ("; ".join(parts) or "no containers") + ">"
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<nsmagic Dashboard ({state}, {self.frames} frames)>"
+
+
+def _size(value: int | None) -> str:
+    return "" if value is None else format_size(int(value))
+
+
+def _current_parent() -> dict | None:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    get_parent = getattr(shell, "get_parent", None)
+    if get_parent is None:
+        return None
+    try:
+        return get_parent()
+    except Exception:  # noqa: BLE001 - not a kernel shell
+        return None
+
+
+def _set_thread_parent(parent: dict | None) -> Any:
+    # Route this thread's display messages (the final static PNG) to the cell that opened the
+    # dashboard, without touching the kernel-wide parent of the running cell.
+    if not parent:
+        return None
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        setter = getattr(shell, "set_thread_parent", None)
+        return (shell, setter(parent)) if setter is not None else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _reset_thread_parent(tokens: Any) -> None:
+    if tokens is None:
+        return
+    shell, token = tokens
+    try:
+        shell.reset_thread_parent(token)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def show_dashboard(containers: Iterable[str] | None = None, **options: Any) -> Dashboard:
+    """Display a live Dashboard of the kernel's containers and return it (call .stop() later).
+
+    This is what `%dashboard` and `%container dashboard` run.
+    """
+    return Dashboard(containers, **options).show()
+
+
+@contextmanager
+def live_plot(container_id: str, **options: Any) -> Iterator[Dashboard]:
+    """Show one container's live plot under the cell while the with block runs.
+
+    The plot stops by itself when the container exits; leaving the block stops it too and
+    replaces it with a static PNG of the final figure. `%%container --plot` wraps
+    `container.wait(...)` in it.
+    """
+    options.setdefault("title", None)
+    options.setdefault("fps", 2.0)
+    dashboard = Dashboard([container_id], stop_when_done=True, **options)
+    dashboard.show()
+    try:
+        yield dashboard
+    finally:
+        dashboard.stop()
+
+
+def stop_all() -> int:
+    """Stop every open dashboard (e.g. on extension unload); returns how many."""
+    with _OPEN_LOCK:
+        open_now = list(_OPEN)
+    for dashboard in open_now:
+        dashboard.stop()
+    return len(open_now)
+
+
+def open_dashboards() -> list[Dashboard]:
+    """Dashboards whose thread has not been stopped."""
+    with _OPEN_LOCK:
+        return list(_OPEN)
+
+
+__all__ = ["Dashboard", "live_plot", "open_dashboards", "show_dashboard", "stop_all"]

@@ -1,0 +1,212 @@
+"""The VM-vs-container comparison on screen: a progress indicator while VMs boot, the table
+(HTML and text), and a bar chart rendered with matplotlib's object API to a PNG."""
+
+from __future__ import annotations
+
+import io
+import sys
+import textwrap
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from nsmagic.vm.baseline import PUBLISHED_LABEL, Baseline, Row
+
+VM_COLOUR = "#c0504d"
+CONTAINER_COLOUR = "#4f81bd"
+PUBLISHED_COLOUR = "#9e9e9e"
+
+# The rows the chart shows, by panel: times on one axis, memory on another.
+TIME_ROWS = ("start: launch -> ready", "start: end to end", "CPU time to start")
+MEMORY_ROWS = ("host memory (PSS)", "cgroup memory (memory.current)", "image size")
+
+
+def _bars(ax: Any, rows: list[Row], unit: str, emulated: bool) -> None:
+    """Grouped horizontal bars, VM above container; the ratio goes into the row's label."""
+    labels, vm, ct = [], [], []
+    for row in rows:
+        labels.append(f"{row.figure}\nVM/container: {row.format_ratio()}")
+        vm.append(row.vm or 0)
+        ct.append(row.container or 0)
+    ys = range(len(rows))
+    height = 0.38
+    vm_label = "VM (emulated, TCG)" if emulated else "VM"
+    ax.barh([y - height / 2 for y in ys], vm, height, color=VM_COLOUR, label=vm_label)
+    ax.barh([y + height / 2 for y in ys], ct, height, color=CONTAINER_COLOUR, label="container")
+    ax.set_yticks(list(ys), labels, fontsize=8)
+    ax.invert_yaxis()
+    positive = [v for v in vm + ct if v > 0]
+    if positive and max(positive) / min(positive) > 50:
+        ax.set_xscale("log")
+    log = ax.get_xscale() == "log"
+    ax.set_xlabel(f"{'seconds' if unit == 's' else unit}{' (log scale)' if log else ''}")
+    for y, row in zip(ys, rows, strict=True):
+        for offset, value in ((-height / 2, row.vm), (height / 2, row.container)):
+            if value:
+                ax.annotate(
+                    row.format(value),
+                    (value, y + offset),
+                    xytext=(3, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=7,
+                )
+    ax.margins(x=0.15)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+
+
+def figure(result: Baseline) -> Figure:
+    """A bar chart of the comparison (a matplotlib Figure; no pyplot)."""
+    if not result.measured:
+        return _reference_figure(result)
+    time_rows = [r for r in result.rows if r.figure.startswith(TIME_ROWS)]
+    memory_rows = [r for r in result.rows if r.figure.startswith(MEMORY_ROWS) and r.vm]
+    workload = result.workload_run
+    panels = 3 if workload is not None else 2
+    fig = Figure(figsize=(10, 3.2 * panels), layout="constrained")
+    axes = fig.subplots(panels, 1)
+    _bars(axes[0], time_rows, "s", result.emulated)
+    axes[0].set_title("time (lower is better)")
+    mib = [
+        Row(r.figure, "MiB", (r.vm or 0) / 2**20, (r.container or 0) / 2**20, r.note)
+        for r in memory_rows
+    ]
+    _bars(axes[1], mib, "MiB", result.emulated)
+    axes[1].set_title("host memory per instance, and image size (lower is better)")
+    if workload is not None:
+        ax = axes[2]
+        for samples, colour, name in (
+            (workload.vm_samples, VM_COLOUR, "VM (boot, then workload)"),
+            (workload.container_samples, CONTAINER_COLOUR, "container"),
+        ):
+            if samples:
+                ax.plot(
+                    [s[0] for s in samples],
+                    [s[2] / 2**20 for s in samples],
+                    color=colour,
+                    label=name,
+                )
+        ax.set_xlabel("seconds since launch")
+        ax.set_ylabel("cgroup memory (MiB)")
+        ax.set_title(f"{workload.kind} workload ({workload.seconds:g} s): cgroup memory")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.suptitle(textwrap.fill(result.title(), 110), fontsize=10)
+    return fig
+
+
+def _reference_figure(result: Baseline) -> Figure:
+    """Published figures (grey, labelled as such) beside any container measured here."""
+    figures = result.reference.get("figures", [])
+
+    def name(f: dict[str, Any], extra: str = "") -> str:
+        bound = "" if f.get("bound") in ("=", None) else f"{f['bound']} "
+        return textwrap.fill(f"{f['system']}{extra}", 45) + f"\n({bound}published: {f['cite']})"
+
+    times: list[tuple[str, float, str]] = []
+    for f in figures:
+        if f.get("metric") not in ("boot", "start") or f.get("value") is None:
+            continue
+        if "per_container_ms" in f:
+            times.append((name(f, ", per container"), f["per_container_ms"], PUBLISHED_COLOUR))
+        elif f["unit"] == "ms":
+            times.append((name(f), f["value"], PUBLISHED_COLOUR))
+    memory = [
+        (name(f), f["value"], PUBLISHED_COLOUR)
+        for f in figures
+        if f.get("metric") == "memory" and f.get("unit") == "MiB"
+    ]
+    ready = result.row("start: launch -> ready")
+    if ready is not None and ready.container is not None:
+        times.append(
+            (
+                "nsmagic container to ready\n(measured here)",
+                ready.container * 1000,
+                CONTAINER_COLOUR,
+            )
+        )
+    pss = result.row("host memory (PSS)")
+    if pss is not None and pss.container is not None:
+        memory.append(
+            (
+                "nsmagic idle container, PSS\n(measured here)",
+                pss.container / 2**20,
+                CONTAINER_COLOUR,
+            )
+        )
+    fig = Figure(figsize=(10, 8), layout="constrained")
+    ax_time, ax_mem = fig.subplots(2, 1)
+    for ax, items, unit in ((ax_time, times, "ms"), (ax_mem, memory, "MiB")):
+        ax.barh(range(len(items)), [i[1] for i in items], color=[i[2] for i in items])
+        ax.set_yticks(range(len(items)), [i[0] for i in items], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{unit} (log scale)")
+        for y, item in enumerate(items):
+            ax.annotate(
+                f"{item[1]:.3g} {unit}",
+                (item[1], y),
+                xytext=(4, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+            )
+        ax.margins(x=0.3)
+    ax_time.set_title(f"start / boot time (grey: {PUBLISHED_LABEL})", fontsize=9)
+    ax_mem.set_title(f"memory per instance (grey: {PUBLISHED_LABEL})", fontsize=9)
+    fig.suptitle(textwrap.fill(result.title(), 110), fontsize=10)
+    return fig
+
+
+def png(result: Baseline, dpi: int = 100) -> bytes:
+    """The chart as PNG bytes."""
+    fig = figure(result)
+    FigureCanvasAgg(fig)  # attach a raster canvas; no pyplot, no global state
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def show(result: Baseline) -> None:
+    """Display the table (HTML, with a text fallback) and the chart (a PNG image)."""
+    from IPython.display import Image, display
+
+    display(result)
+    display(Image(data=png(result), format="png"))
+
+
+class ProgressView:
+    """Progress while VMs boot: an ipywidgets bar in a kernel, text lines elsewhere."""
+
+    def __init__(self) -> None:
+        self._bar = self._label = self._box = None
+        try:
+            from IPython import get_ipython
+
+            shell = get_ipython()
+            if shell is not None and getattr(shell, "kernel", None) is not None:
+                import ipywidgets
+                from IPython.display import display
+
+                self._bar = ipywidgets.IntProgress(value=0, min=0, max=1, description="VM baseline")
+                self._label = ipywidgets.Label("starting")
+                self._box = ipywidgets.HBox([self._bar, self._label])
+                display(self._box)
+        except Exception:  # noqa: BLE001 - no widgets: fall back to text
+            self._bar = None
+
+    def __call__(self, step: int, total: int, text: str) -> None:
+        if self._bar is not None:
+            self._bar.max = total
+            self._bar.value = step
+            self._label.value = text
+        else:
+            print(f"[{step}/{total}] {text}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Mark the bar finished (it stays as a record of the run)."""
+        if self._bar is not None:
+            self._bar.bar_style = "success"
+
+
+__all__ = ["ProgressView", "figure", "png", "show"]
