@@ -11,8 +11,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -26,6 +28,19 @@ from nsmagic.vm.images import (
     GuestImage,
     build_image,
 )
+
+if TYPE_CHECKING:
+    from nsmagic.cgroups.base import Cgroup
+
+# Called with qemu's pid the moment the ready marker arrives (from the console thread); a true
+# return value ends the run there (qemu is killed), e.g. once an idle guest has been sampled.
+ReadyCallback = Callable[[int], "bool | None"]
+
+# With a cgroup, qemu is started through this gate: the shell waits for one line on its stdin
+# (a pipe), which the host writes only after it has moved the shell into the cgroup; the shell
+# then execs qemu (same pid) with stdin from /dev/null, as without the gate, so qemu is
+# accounted in the group from its first instruction.
+_CGROUP_GATE = ["/bin/sh", "-c", 'read _; exec "$@" </dev/null', "nsmagic-vm-gate"]
 
 QEMU = "qemu-system-x86_64"
 DEFAULT_MACHINES = {"micro": "microvm", "v2": "q35"}
@@ -195,9 +210,13 @@ def _argv(
     smp: int,
     results: Path | None,
     extra: list[str],
+    kernel_args: str = "",
+    gate: bool = False,
 ) -> list[str]:
     qemu = qemu_binary()
     cmdline = _CMDLINE + _MACHINE_CMDLINE.get(machine, "")
+    if kernel_args:
+        cmdline += " " + kernel_args
     if accel == "tcg" and machine.startswith("microvm") and (khz := host_tsc_khz()):
         cmdline += f" tsc_early_khz={khz}"
     if not qemu:
@@ -229,16 +248,20 @@ def _argv(
                 "-virtfs",
                 f"local,path={results},mount_tag={RESULTS_TAG},security_model=none",
             ]
-    return _deathsig_prefix() + argv + extra
+    return _deathsig_prefix() + (_CGROUP_GATE if gate else []) + argv + extra
 
 
 class _ConsoleReader(threading.Thread):
     """Drains qemu's output and samples qemu the moment the ready marker shows up."""
 
-    def __init__(self, proc: subprocess.Popen, started: float) -> None:
+    def __init__(
+        self, proc: subprocess.Popen, started: float, on_ready: ReadyCallback | None = None
+    ) -> None:
         super().__init__(daemon=True, name="nsmagic-vm-console")
         self.proc = proc
         self.started = started
+        self.on_ready = on_ready
+        self.stop_requested = threading.Event()
         self.chunks: list[bytes] = []
         self.ready_at: float | None = None
         self.uptime: float | None = None
@@ -261,6 +284,15 @@ class _ConsoleReader(threading.Thread):
         except (psutil.Error, OSError):
             pass
 
+    def _call_on_ready(self) -> None:
+        if self.on_ready is None:
+            return
+        try:
+            if self.on_ready(self.proc.pid):
+                self.stop_requested.set()
+        except Exception:  # noqa: BLE001 - a failing sampler must not hang the boot
+            self.stop_requested.set()
+
     def run(self) -> None:
         fd = self.proc.stdout.fileno()
         tail = ""
@@ -281,6 +313,7 @@ class _ConsoleReader(threading.Thread):
                     self.ready_at = now - self.started
                     self._sample()
                     self.uptime = float(match.group(1))
+                    self._call_on_ready()
                 elif match is None and READY_MARKER not in tail and _KVM_ERROR_RE.search(tail):
                     self.kvm_error.set()
         self.exited.set()
@@ -301,12 +334,20 @@ def boot(
     timeout: float = 60.0,
     script: str | None = None,
     extra_args: list[str] | None = None,
+    kernel_args: str = "",
+    cgroup: Cgroup | None = None,
+    on_ready: ReadyCallback | None = None,
 ) -> VMResult:
     """Boot a guest once and return its figures; qemu is killed on every way out.
 
     flavour 'micro' prints the ready marker and powers off; 'v2' mounts the host root
     read-only and, given a shell `script`, runs it there (see run_in_v2_guest). accel is
     'kvm', 'tcg' or 'auto' (KVM when a probe boot proves it works, else TCG).
+
+    kernel_args are appended to the guest's kernel command line (the micro guest reads its
+    workload from there). With a cgroup (nsmagic.cgroups), qemu runs inside it from its first
+    instruction; the caller owns the group and removes it. on_ready(pid) is called the moment
+    the ready marker arrives; returning True ends the run there.
     """
     image = image or build_image(flavour)
     flavour = image.flavour
@@ -325,7 +366,17 @@ def boot(
     try:
         if results is not None:
             (results / "cmd.sh").write_text(script)
-        argv = _argv(image, accel, machine, memory_bytes, smp, results, list(extra_args or []))
+        argv = _argv(
+            image,
+            accel,
+            machine,
+            memory_bytes,
+            smp,
+            results,
+            list(extra_args or []),
+            kernel_args=kernel_args,
+            gate=cgroup is not None,
+        )
         result = VMResult(
             flavour=flavour,
             accel=accel,
@@ -337,7 +388,7 @@ def boot(
             ran_command=script is not None,
             argv=argv,
         )
-        _run_qemu(argv, timeout, result)
+        _run_qemu(argv, timeout, result, cgroup=cgroup, on_ready=on_ready)
         if results is not None:
             result.stdout = _read(results / "stdout")
             result.stderr = _read(results / "stderr")
@@ -352,7 +403,13 @@ def boot(
             shutil.rmtree(results, ignore_errors=True)
 
 
-def _run_qemu(argv: list[str], timeout: float, result: VMResult) -> None:
+def _run_qemu(
+    argv: list[str],
+    timeout: float,
+    result: VMResult,
+    cgroup: Cgroup | None = None,
+    on_ready: ReadyCallback | None = None,
+) -> None:
     """Run qemu to its end or the timeout, filling in the console and the figures."""
     proc: subprocess.Popen | None = None
     reader: _ConsoleReader | None = None
@@ -360,7 +417,7 @@ def _run_qemu(argv: list[str], timeout: float, result: VMResult) -> None:
     try:
         proc = subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if cgroup is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             # Its own process group, so that the kill reaches anything qemu may spawn and
@@ -369,7 +426,11 @@ def _run_qemu(argv: list[str], timeout: float, result: VMResult) -> None:
         )
         with _live_lock:
             _live.add(proc)
-        reader = _ConsoleReader(proc, started)
+        if cgroup is not None:
+            cgroup.attach(proc.pid)  # still the gate's shell: qemu is not running yet
+            proc.stdin.write(b"go\n")
+            proc.stdin.close()
+        reader = _ConsoleReader(proc, started, on_ready)
         reader.start()
         deadline = started + timeout
         while True:
@@ -381,7 +442,7 @@ def _run_qemu(argv: list[str], timeout: float, result: VMResult) -> None:
                 proc.wait(timeout=min(remaining, 0.05))
                 break
             except subprocess.TimeoutExpired:
-                if reader.kvm_error.is_set():
+                if reader.kvm_error.is_set() or reader.stop_requested.is_set():
                     break
     finally:
         if proc is not None:
