@@ -171,7 +171,9 @@ def show(result: Baseline) -> None:
     """Display the table (HTML, with a text fallback) and the chart (a PNG image)."""
     from IPython.display import Image, display
 
-    display(result)
+    # Raw bundles: every front end gets the HTML table and the text one, whatever formatters
+    # the shell has switched on (a terminal IPython only enables text/plain).
+    display({"text/html": result._repr_html_(), "text/plain": result.text()}, raw=True)
     display(Image(data=png(result), format="png"))
 
 
