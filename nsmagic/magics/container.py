@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
+from dataclasses import replace
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -15,6 +17,7 @@ from nsmagic import cgroup_api, host
 from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import ContainerSetupError, SpecError
 from nsmagic.runtime.container import Container, ContainerResult
+from nsmagic.runtime.named import MANAGER, ManagedContainer
 from nsmagic.runtime.spec import DEFAULT_NAMESPACES, ContainerSpec
 
 SHELLS = {"bash": "/bin/bash", "sh": "/bin/sh"}
@@ -69,6 +72,22 @@ class ContainerMagics(Magics):
     @argument("--cpuset", help="CPUs the container may use, e.g. 0 or 0-1")
     @argument("--cgroup", metavar="NAME",
               help="run in a group made with %%cgroup create (instead of limit options)")
+    @argument("--net", metavar="MODE",
+              help="none (own namespace, only lo; the default), bridge (a veth on nsmagic's "
+                   "bridge: containers reach each other), host, or container:NAME")
+    @argument("--read-only", action="store_true", help="the host root read-only inside")
+    @argument("--overlay", action="store_true",
+              help="a writable root whose changes vanish with the container")
+    @argument("--rootfs", metavar="DIR", help="pivot into DIR as the container's root")
+    @argument("--volume", "-v", action="append", default=[], metavar="HOST:CONTAINER[:ro]",
+              help="bind-mount a host path (repeatable)")
+    @argument("--in", dest="inputs", metavar="a,b",
+              help="copy these notebook variables into the container (pickled)")
+    @argument("--out", dest="outputs", metavar="x,y",
+              help="copy these container variables back into the notebook (plain data)")
+    @argument("--bg", action="store_true",
+              help="return at once; output goes to the container's log and this cell")
+    @argument("--name", help="name of a --bg run, for %%container logs/wait/stop")
     @argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE",
               help="set an environment variable inside (repeatable)")
     @argument("--timeout", type=float, help="kill the container after this many seconds")
@@ -91,16 +110,11 @@ class ContainerMagics(Magics):
             hostname; ps ax
         """
         args = self._parse(self.container, line)
-        kind = "python"
-        if args.command:
-            if len(args.command) > 1 or args.command[0] not in SHELLS:
-                raise UsageError(
-                    f"%%container does not know {' '.join(args.command)!r}: give 'bash' or "
-                    "'sh' to run the cell as a shell script, or nothing to run Python."
-                )
-            kind, shell = "shell", SHELLS[args.command[0]]
-        elif args.shell:
-            kind, shell = "shell", SHELLS["sh"]
+        name, kind, shell = _split_command(args.command, args.shell)
+        inputs = self._inputs(args.inputs)
+        outputs = _names(args.outputs, "--out")
+        if name is not None:
+            return self._exec_in_named(name, args, cell, kind, inputs, outputs)
         spec, notes = self._spec_from(args)
         report = _probe_quietly()
         if report is not None and report.tier == "none":
@@ -111,13 +125,19 @@ class ContainerMagics(Magics):
         if not args.quiet:
             for note in notes:
                 print(f"nsmagic: {note}", file=sys.stderr)
-        container = Container(spec)
         count = getattr(self.shell, "execution_count", 0)
+        source_options = ({"filename": f"Cell In[{count}] (container)", "first_line": 2}
+                          if kind == "python" else {"filename": shell})
+        if args.bg:
+            return self._run_in_background(args, spec, cell, kind, source_options, inputs,
+                                           outputs)
+        container = Container(spec)
         try:
-            if kind == "python":
-                container.start(cell, filename=f"Cell In[{count}] (container)", first_line=2)
-            else:
-                container.start(cell, kind="shell", filename=shell)
+            try:
+                container.start(cell, kind=kind, inputs=inputs, outputs=outputs,
+                                **source_options)
+            except SpecError as error:
+                raise UsageError(str(error)) from None
             result = container.wait(on_stdout=_write_stdout, on_stderr=_write_stderr,
                                     timeout=args.timeout)
         except ContainerSetupError as error:
@@ -135,8 +155,70 @@ class ContainerMagics(Magics):
                 # A process was OOM-killed, but not the payload itself (or the payload
                 # failed for another reason): still say so.
                 print(f"nsmagic: a process was {result.oom['text']}", file=sys.stderr)
+        self._store_outputs(result.outputs, result.output_errors)
         self._report_failure(result, args.no_raise)
         return result if args.output_result else None
+
+    def _inputs(self, text: str | None) -> dict[str, Any] | None:
+        names = _names(text, "--in")
+        if not names:
+            return None
+        missing = [n for n in names if n not in self.shell.user_ns]
+        if missing:
+            raise UsageError(f"--in names {missing[0]!r}, which is not a notebook variable.")
+        return {n: self.shell.user_ns[n] for n in names}
+
+    def _store_outputs(self, values: dict[str, Any], errors: dict[str, str]) -> None:
+        self.shell.user_ns.update(values)
+        if errors:
+            raise ContainerError(next(iter(errors.values())))
+
+    def _exec_in_named(self, name: str, args: Any, cell: str, kind: str,
+                       inputs: dict[str, Any] | None, outputs: tuple[str, ...]) -> Any:
+        given = [o for o in ("hostname", "cpus", "memory", "pids", "net", "rootfs", "cgroup")
+                 if getattr(args, o)]
+        if given:
+            raise UsageError(f"--{given[0]} is set when a container starts; {name!r} is "
+                             "running already (options apply to %container start).")
+        try:
+            managed = MANAGER.get(name)
+            count = getattr(self.shell, "execution_count", 0)
+            result = managed.exec(cell, kind=kind, inputs=inputs, outputs=outputs,
+                                  filename=f"Cell In[{count}] ({name})", first_line=2,
+                                  on_stdout=_write_stdout, on_stderr=_write_stderr)
+        except SpecError as error:
+            raise UsageError(str(error)) from None
+        self.shell.user_ns.update(result.outputs)
+        if result.exception is not None:
+            failure = ContainerError(str(result.exception), result.exception.traceback)
+        elif result.exit_code != 0:
+            failure = ContainerError(f"the cell ended with exit status {result.exit_code}")
+        else:
+            failure = None
+        if failure is None and result.output_errors:
+            failure = ContainerError(next(iter(result.output_errors.values())))
+        if failure is not None:
+            if args.no_raise:
+                print("".join(failure._render_traceback_()), file=sys.stderr)
+            else:
+                raise failure
+        return result if args.output_result else None
+
+    def _run_in_background(self, args: Any, spec: ContainerSpec, cell: str, kind: str,
+                           source_options: dict, inputs: dict[str, Any] | None,
+                           outputs: tuple[str, ...]) -> Any:
+        try:
+            managed = MANAGER.run_background(spec, cell, kind=kind, name=args.name,
+                                             inputs=inputs, outputs=outputs, **source_options)
+        except SpecError as error:
+            raise UsageError(str(error)) from None
+        except ContainerSetupError as error:
+            raise ContainerError(str(error)) from None
+        show_live_output(managed)
+        print(f"nsmagic: running in the background as {managed.name!r}: "
+              f"%container logs {managed.name} / wait {managed.name} / stop {managed.name}",
+              file=sys.stderr)
+        return managed if args.output_result else None
 
     @staticmethod
     def _report_failure(result: ContainerResult, no_raise: bool) -> None:
@@ -197,10 +279,149 @@ class ContainerMagics(Magics):
                 options, notes = {}, []
             spec = ContainerSpec.build(namespaces=namespaces, userns=userns,
                                        hostname=args.hostname, limits=limits, env=env,
-                                       **options)
+                                       net=self._net_mode(args.net), read_only=args.read_only,
+                                       overlay=args.overlay, rootfs=args.rootfs,
+                                       volumes=args.volume, **options)
             return spec, notes
         except SpecError as error:
             raise UsageError(str(error)) from None
+
+    @line_magic("container")
+    def container_line(self, line: str) -> Any:
+        """Manage long-lived containers.
+
+        %container start NAME [options]   start a named container (options as %%container)
+        %container ls                     name, state, pid, namespaces, limits, uptime,
+                                          cpu, memory, address
+        %container logs NAME [-f]         what it printed (-f: follow until it ends)
+        %container stats NAME             its cgroup's usage
+        %container wait NAME [TIMEOUT]    block until it ends, show how
+        %container stop NAME              SIGTERM, then SIGKILL after 2 s
+        %container rm [-f] NAME           forget it (-f: kill it first)
+        %container prune                  remove ended containers and every leftover kernel
+                                          resource of nsmagic, including a dead kernel's
+        %container dashboard              live CPU and memory plots of every container
+        """
+        words = shlex.split(line)
+        if not words:
+            raise UsageError("%container needs a subcommand: start, ls, logs, stats, wait, "
+                             "stop, rm, prune or dashboard (see %container?).")
+        command, rest = words[0], words[1:]
+        handler = getattr(self, f"_container_{command}", None)
+        if handler is None:
+            raise UsageError(f"%container does not know {command!r}: use start, ls, logs, "
+                             "stats, wait, stop, rm, prune or dashboard.")
+        try:
+            return handler(rest, line.split(None, 1)[1] if len(words) > 1 else "")
+        except SpecError as error:
+            raise UsageError(str(error)) from None
+
+    def _one_name(self, rest: list[str], usage: str) -> str:
+        if len(rest) != 1:
+            raise UsageError(f"usage: %container {usage}")
+        return rest[0]
+
+    def _container_start(self, rest: list[str], text: str) -> Any:
+        if not rest or rest[0].startswith("-"):
+            raise UsageError("usage: %container start NAME [options]; the name comes first.")
+        name, options = rest[0], text.split(None, 1)[1] if len(text.split(None, 1)) > 1 else ""
+        args = self._parse(self.container, options)
+        if args.command or args.shell or args.bg or args.inputs or args.outputs:
+            raise UsageError("%container start takes container options only (limits, "
+                             "namespaces, --net, filesystems); cells go to %%container NAME.")
+        if name in SHELLS:
+            raise UsageError(f"{name!r} cannot name a container (it means a shell here).")
+        spec, notes = self._spec_from(args)
+        spec = replace(spec, name=name)
+        try:
+            managed = MANAGER.start(name, spec)
+        except ContainerSetupError as error:
+            raise ContainerError(str(error)) from None
+        for note in notes:
+            print(f"nsmagic: {note}", file=sys.stderr)
+        deadline = time.monotonic() + 10
+        while managed.result.pid is None and not managed.done.is_set():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        if managed.done.is_set():
+            MANAGER.remove(name, force=True)
+            raise ContainerError(f"container {name!r} ended at once: "
+                                 f"{managed.result.describe()}")
+        address = f", address {managed.result.address}" if managed.result.address else ""
+        print(f"started {name} (pid {managed.result.pid}{address})")
+        return None
+
+    def _container_ls(self, rest: list[str], text: str) -> Any:
+        from nsmagic.runtime.listing import container_table
+
+        return container_table(MANAGER.all())
+
+    def _container_logs(self, rest: list[str], text: str) -> None:
+        follow = "-f" in rest
+        name = self._one_name([w for w in rest if w != "-f"], "logs NAME [-f]")
+        managed = MANAGER.get(name)
+        sys.stdout.write(managed.logs())
+        if follow and managed.state == "running":
+            unfollow = managed.follow(lambda stream, text: (
+                _write_stdout if stream == "stdout" else _write_stderr)(text))
+            try:
+                managed.done.wait()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                unfollow()
+
+    def _container_stats(self, rest: list[str], text: str) -> Any:
+        from nsmagic.runtime.listing import stats_table
+
+        return stats_table(MANAGER.get(self._one_name(rest, "stats NAME")))
+
+    def _container_wait(self, rest: list[str], text: str) -> Any:
+        if not 1 <= len(rest) <= 2:
+            raise UsageError("usage: %container wait NAME [TIMEOUT_SECONDS]")
+        managed = MANAGER.get(rest[0])
+        timeout = float(rest[1]) if len(rest) == 2 else None
+        try:
+            result = managed.wait(timeout)
+        except TimeoutError as error:
+            raise ContainerError(str(error)) from None
+        self.shell.user_ns.update(result.outputs)
+        print(f"{managed.name}: {result.describe()}")
+        return result
+
+    def _container_stop(self, rest: list[str], text: str) -> None:
+        managed = MANAGER.get(self._one_name(rest, "stop NAME"))
+        print(f"{managed.name}: {managed.stop().describe()}")
+
+    def _container_rm(self, rest: list[str], text: str) -> None:
+        force = "-f" in rest
+        name = self._one_name([w for w in rest if w != "-f"], "rm [-f] NAME")
+        MANAGER.remove(name, force=force)
+
+    def _container_prune(self, rest: list[str], text: str) -> None:
+        from nsmagic.runtime.listing import prune
+
+        for line in prune(MANAGER):
+            print(line)
+
+    def _container_dashboard(self, rest: list[str], text: str) -> Any:
+        from nsmagic.widgets import show_dashboard
+
+        return show_dashboard()
+
+    def close(self) -> None:
+        """The extension unloads: end this kernel's named containers."""
+        MANAGER.close_all()
+
+    @staticmethod
+    def _net_mode(text: str | None) -> str | None:
+        if text is None or not text.startswith("container:"):
+            return text
+        other = MANAGER.get(text.split(":", 1)[1])
+        if other.state != "running" or other.result.pid is None:
+            raise SpecError(f"--net {text}: that container is not running.")
+        return f"container:{other.result.pid}"
 
     @line_magic
     def nsmagic(self, line: str) -> None:
@@ -210,6 +431,61 @@ class ContainerMagics(Magics):
             print(host.probe().describe())
             return
         raise UsageError(f"%nsmagic does not know {line!r}; try %nsmagic doctor.")
+
+
+def _split_command(words: list[str], shell_flag: bool) -> tuple[str | None, str, str]:
+    """[NAME] [bash|sh] -> (name or None, kind, shell path)."""
+    words = list(words)
+    kind, shell = "python", ""
+    if words and words[-1] in SHELLS:
+        kind, shell = "shell", SHELLS[words.pop()]
+    elif shell_flag:
+        kind, shell = "shell", SHELLS["sh"]
+    if len(words) > 1:
+        raise UsageError(f"%%container takes at most a container name and 'bash' or 'sh', "
+                         f"not {' '.join(words)!r}.")
+    name = words[0] if words else None
+    if name is not None and name not in MANAGER.names():
+        raise UsageError(
+            f"%%container does not know {name!r}: give the name of a container started with "
+            "%container start, 'bash' or 'sh' to run a shell script, or nothing for Python."
+        )
+    return name, kind, shell
+
+
+def _names(text: str | None, option: str) -> tuple[str, ...]:
+    if not text:
+        return ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        if not name.isidentifier():
+            raise UsageError(f"{option} takes variable names separated by commas, "
+                             f"not {text!r}.")
+    return names
+
+
+def show_live_output(managed: ManagedContainer) -> None:
+    """Show a background container's output under the cell that started it, as it comes.
+
+    In Jupyter an Output widget, filled from the reader thread, stays attached to this cell
+    even while other cells run; elsewhere the text is printed.
+    """
+    try:
+        from IPython import get_ipython
+        from ipywidgets import Output
+
+        if "ZMQ" not in type(get_ipython()).__name__:
+            raise ImportError
+    except ImportError:
+        managed.follow(lambda stream, text: (sys.__stdout__ if stream == "stdout"
+                                             else sys.__stderr__).write(text), replay=True)
+        return
+    from IPython.display import display
+
+    area = Output()
+    display(area)
+    managed.follow(lambda stream, text: (area.append_stdout if stream == "stdout"
+                                         else area.append_stderr)(text), replay=True)
 
 
 def _limits_in_force(spec: ContainerSpec) -> Limits:

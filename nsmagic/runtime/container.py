@@ -230,12 +230,9 @@ class Container:
             raise
         finally:
             selector.close()
-            REGISTRY.exited(self.spec.container_id, self.result.describe(), self.result.oom)
-            _trim_registry()
             self.result.stdout = "".join(chunks["stdout"])
             self.result.stderr = "".join(chunks["stderr"])
-            self.result.timings["total_s"] = time.perf_counter() - self._started_at
-            self.close()
+            self._finish()
         if interrupted:
             raise KeyboardInterrupt
         if data_buffer:
@@ -256,6 +253,13 @@ class Container:
                    first_line=kwargs.pop("first_line", 1), inputs=kwargs.pop("inputs", None),
                    outputs=kwargs.pop("outputs", ()))
         return self.wait(**kwargs)
+
+    def _finish(self) -> None:
+        """The container has ended (or we gave up on it): record it and release."""
+        REGISTRY.exited(self.spec.container_id, self.result.describe(), self.result.oom)
+        _trim_registry()
+        self.result.timings["total_s"] = time.perf_counter() - self._started_at
+        self.close()
 
     def send_signal(self, signum: int) -> None:
         """Signal the container's pid 1 (which forwards to the payload; SIGKILL ends all)."""

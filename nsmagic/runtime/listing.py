@@ -1,0 +1,130 @@
+"""Tables of the kernel's containers (`%container ls`, `stats`) and `prune`."""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from dataclasses import dataclass
+
+from nsmagic.cgroups.limits import format_size
+from nsmagic.runtime.named import ContainerManager, ManagedContainer
+
+
+@dataclass
+class Table:
+    """Rows with a header, shown as text in a terminal and as HTML in a notebook."""
+
+    header: list[str]
+    rows: list[list[str]]
+
+    def text(self) -> str:
+        """Aligned columns."""
+        widths = [max(len(str(c)) for c in column) for column in zip(self.header, *self.rows,
+                                                                      strict=False)]
+        lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False))
+                 for row in [self.header, *self.rows]]
+        return "\n".join(line.rstrip() for line in lines)
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:  # noqa: ANN001
+        printer.text(self.text() if self.rows else "no containers")
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
+                       + "</tr>" for row in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _stats(managed: ManagedContainer) -> dict | None:
+    if managed.state != "running" or not managed.result.cgroup:
+        return managed.result.stats
+    try:
+        from nsmagic.cgroups import detect_driver
+
+        return detect_driver().open(managed.result.cgroup).stats().as_dict()
+    except (KeyError, OSError):
+        return None
+
+
+def _uptime(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def container_table(containers: list[ManagedContainer]) -> Table:
+    """One row per container: name, state, pid, namespaces, limits, uptime, cpu, memory,
+    address."""
+    rows = []
+    for managed in containers:
+        result = managed.result
+        stats = _stats(managed) or {}
+        cpu_ns = stats.get("cpu_usage_ns")
+        memory = stats.get("memory_current")
+        state = managed.state if managed.state == "running" else f"exited ({result.describe()})"
+        rows.append([
+            managed.name, state, result.pid or "-",
+            ",".join(sorted(managed.spec.namespaces)), managed.spec.limits.describe(),
+            _uptime(time.time() - managed.started_at),
+            f"{cpu_ns / 1e9:.2f}s" if cpu_ns is not None else "-",
+            format_size(memory) if memory is not None else "-",
+            result.address or "-",
+        ])
+    return Table(["name", "state", "pid", "namespaces", "limits", "uptime", "cpu", "memory",
+                  "address"], rows)
+
+
+def stats_table(managed: ManagedContainer) -> Table:
+    """The cgroup figures of one container."""
+    stats = _stats(managed) or {}
+    rows = [[key, _format(key, value)] for key, value in stats.items()
+            if value not in (None, {}) and key != "timestamp"]
+    return Table(["figure", managed.name], rows)
+
+
+def _format(key: str, value: object) -> str:
+    if isinstance(value, int) and key.startswith(("memory", "swap")):
+        return format_size(value)
+    if isinstance(value, int) and key.endswith("_ns"):
+        return f"{value / 1e9:.3f} s"
+    return str(value)
+
+
+def prune(manager: ContainerManager) -> list[str]:
+    """Remove ended containers and every kernel resource of nsmagic whose owner is gone."""
+    done = []
+    for managed in manager.all():
+        if managed.state == "exited":
+            manager.remove(managed.name)
+            done.append(f"removed container {managed.name}")
+    try:
+        from nsmagic.cgroups import prune_orphans
+
+        done += [f"removed orphaned cgroup {name}" for name in prune_orphans()]
+    except OSError as error:
+        done.append(f"cgroups not pruned: {error}")
+    done += _prune_links()
+    return done or ["nothing to prune"]
+
+
+def _prune_links() -> list[str]:
+    from nsmagic.isolation import network
+
+    removed = []
+    try:
+        links = network.our_links()
+    except Exception as error:  # noqa: BLE001 - no netlink access (unprivileged): say so
+        return [f"network links not checked: {error}"]
+    for name in links:
+        if name.startswith(network.BRIDGE_PREFIX):
+            owner = name[len(network.BRIDGE_PREFIX):]
+            if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+                try:
+                    network.delete_link(name)
+                    removed.append(f"removed orphaned bridge {name}")
+                except Exception as error:  # noqa: BLE001
+                    removed.append(f"bridge {name} not removed: {error}")
+    return removed
