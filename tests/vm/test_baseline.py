@@ -1,0 +1,267 @@
+"""The VM baseline: real micro VMs measured beside containers, the published fallback, the
+magic's table and chart, and nothing (qemu, VM cgroups) left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from nsmagic.vm import baseline as vb
+from nsmagic.vm.qemu import qemu_binary
+
+SMAPS = """\
+55d0c0000000-55d0c0a00000 r-xp 00000000 08:01 1234    /usr/bin/qemu-system-x86_64
+Size:              10240 kB
+Rss:                8192 kB
+Pss:                8000 kB
+7f0000000000-7f0010000000 rw-p 00000000 00:00 0
+Size:             262144 kB
+Rss:              100000 kB
+Pss:              100000 kB
+7f0010000000-7f0050000000 rwxp 00000000 00:00 0
+Size:            1048576 kB
+Rss:               30000 kB
+Pss:               30000 kB
+7f0050000000-7f0050800000 rw-p 00000000 00:00 0
+Size:               8192 kB
+Rss:                2000 kB
+Pss:                1500 kB
+"""
+
+
+def vm_cgroups() -> list[str]:
+    """VM cgroups of ours anywhere in the cgroup filesystems."""
+    found = subprocess.run(
+        ["find", "/sys/fs/cgroup", "-maxdepth", "6", "-type", "d", "-name", "nsmagic-*vm*"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()
+    return found
+
+
+def qemu_children() -> list[int]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "qemu" in child.name():
+                found.append(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def assert_nothing_left() -> None:
+    deadline = time.monotonic() + 5
+    while (qemu_children() or vm_cgroups()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not qemu_children(), f"qemu left running: {qemu_children()}"
+    assert not vm_cgroups(), f"VM cgroups left behind: {vm_cgroups()}"
+
+
+def need_vm() -> None:
+    ok, why = vb.vm_available()
+    if not ok:
+        pytest.skip(f"no VM here: {why}")
+
+
+# -- no VM needed ------------------------------------------------------------------------
+
+
+def test_smaps_split_into_guest_ram_tcg_cache_and_vmm() -> None:
+    split = vb.split_smaps(SMAPS, 256 * 2**20)
+    assert split.guest_ram_found
+    assert split.guest_ram_pss == 100000 * 1024
+    assert split.tcg_cache_pss == 30000 * 1024
+    assert split.vmm_pss == (8000 + 1500) * 1024
+    assert split.vmm_rss == (8192 + 2000) * 1024
+    assert split.total_pss == (100000 + 30000 + 8000 + 1500) * 1024
+    # A different -m: no mapping is guest RAM, so all of it counts as VMM (or TCG).
+    assert not vb.split_smaps(SMAPS, 512 * 2**20).guest_ram_found
+
+
+def test_every_reference_figure_names_its_source_and_what_was_checked() -> None:
+    data = vb.load_reference()
+    assert data["label"] == "published, not measured on this host"
+    ids = {f["id"] for f in data["figures"]}
+    assert {"firecracker_boot_to_init", "firecracker_vmm_overhead", "lightvm_boot",
+            "kata_qemu_pod_overhead", "kata_fc_pod_overhead", "crun_100_true"} <= ids
+    for figure in data["figures"]:
+        for key in ("system", "what", "source", "url", "checked", "cite"):
+            assert figure.get(key), f"{figure['id']} has no {key}"
+    by_id = {f["id"]: f for f in data["figures"]}
+    assert by_id["firecracker_boot_to_init"]["value"] == 125
+    assert by_id["firecracker_vmm_overhead"]["value"] == 5
+    assert (by_id["lightvm_boot"]["value"], by_id["lightvm_fork_exec"]["value"]) == (2.3, 1)
+    assert by_id["kata_qemu_pod_overhead"]["value"] == 160
+    assert by_id["kata_fc_pod_overhead"]["value"] == 130
+    assert (by_id["crun_100_true"]["value"], by_id["runc_100_true"]["value"]) == (1.69, 3.34)
+
+
+def test_the_module_is_also_the_function() -> None:
+    import nsmagic.vm
+
+    assert callable(nsmagic.vm.baseline)
+    assert nsmagic.vm.baseline.Baseline is vb.Baseline
+    with pytest.raises(ValueError):
+        nsmagic.vm.baseline(machine="pc-i440fx")
+
+
+def test_workload_scripts_are_the_guests_loops() -> None:
+    from nsmagic.vm.images import _MICRO_INIT
+
+    assert "while :; do :; done &" in vb.workload_script("cpu", 2)
+    assert "while :; do :; done &" in _MICRO_INIT
+    assert "dd if=/dev/zero of=/tmp/fill bs=1048576 count=8" in vb.workload_script("memory", 1, 8)
+    assert 'dd if=/dev/zero of=/tmp/fill bs=1048576 count="${nsmagic_mib:-64}"' in _MICRO_INIT
+    with pytest.raises(ValueError):
+        vb.workload_script("disk", 1)
+    with pytest.raises(ValueError):
+        vb.baseline(workload="disk")
+
+
+def test_without_qemu_the_published_reference_is_shown_never_as_measured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no qemu-system-x86_64 to be found
+    assert qemu_binary() is None
+    seen: list[str] = []
+    result = vb.baseline(runs=1, progress=lambda step, total, text: seen.append(text))
+    monkeypatch.undo()
+    assert not result.measured
+    assert result.label == "published, not measured on this host"
+    assert result.accel is None and not result.vm_runs
+    assert "not installed" in result.why_not_measured
+    text = result.text()
+    assert "published, not measured on this host" in text
+    assert "Firecracker SPECIFICATION.md" in text and "125" in text
+    html = result._repr_html_()
+    assert "published, not measured on this host" in html
+    # Nothing in the VM column pretends to be measured here.
+    assert all(row.vm is None for row in result.rows)
+    # The containers are measured all the same (this host allows them).
+    assert result.row("start: launch -> ready").container > 0
+    assert any("no VM here" in s for s in seen)
+    from nsmagic.widgets.vm_compare import png
+
+    assert png(result).startswith(b"\x89PNG")
+    assert_nothing_left()
+
+
+# -- real VMs ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def measured() -> vb.Baseline:
+    need_vm()
+    result = vb.baseline(runs=1, memory="256M")
+    print(result.text())
+    return result
+
+
+@pytest.mark.vm
+def test_a_real_vm_boots_and_its_figures_are_sane(measured: vb.Baseline) -> None:
+    from nsmagic.vm.qemu import kvm_works
+
+    b = measured
+    assert b.measured and b.vm_runs and b.vm_runs[0].ok, b.notes
+    assert b.accel == ("kvm" if kvm_works()[0] else "tcg")
+    run = b.vm_runs[0]
+    assert run.boot_wall_s > 0 and 0 < run.guest_uptime_s < run.boot_wall_s
+    assert run.qemu_rss_bytes > b.kernel_bytes > 1_000_000
+    assert 0 < run.qemu_pss_bytes <= run.qemu_rss_bytes
+    assert run.cpu_s > 0
+    # qemu ran in its own cgroup (same driver as containers), sampled through Cgroup.stats().
+    assert run.cgroup.startswith(f"nsmagic-{os.getpid()}-vm-")
+    if b.cgroup_driver != "rlimit":
+        assert run.cgroup_memory_bytes > b.kernel_bytes
+    split = run.split
+    assert split is not None and split.guest_ram_found
+    assert 0 < split.guest_ram_rss <= b.memory_bytes
+    assert split.vmm_pss > 0
+    assert (split.tcg_cache_rss > 0) == (b.accel == "tcg")
+    # The ratio is the two figures of this same run.
+    ready = b.row("start: launch -> ready")
+    assert ready.vm == run.boot_wall_s
+    assert ready.container == vb._median(b.container_runs[0].start_ready_s)
+    assert ready.ratio == pytest.approx(ready.vm / ready.container)
+    assert ready.ratio > 1
+    pss = b.row("host memory (PSS)")
+    assert pss.ratio == pytest.approx(run.qemu_pss_bytes / pss.container)
+    assert b.row("image size").container == 0
+    # Labelled: emulated figures say so, in the title, the table and the notes.
+    text = b.text()
+    if b.emulated:
+        assert "emulated" in b.label and "VM (emulated)" in text and "TCG" in text
+    else:
+        assert "KVM" in b.label
+    assert "Density (estimate)" in text
+    assert b.density[0].vm > 0 and b.density[0].container > b.density[0].vm
+    json.dumps(b.as_dict())
+    assert_nothing_left()
+
+
+@pytest.mark.vm
+def test_vm_baseline_magic_shows_the_table_and_a_png(ipython_shell) -> None:  # noqa: ANN001
+    from IPython.utils.capture import capture_output
+
+    need_vm()
+    with capture_output() as captured:
+        returned = ipython_shell.run_line_magic("vm_baseline", "--runs 1 --memory 128M -o")
+    assert isinstance(returned, vb.Baseline)
+    assert returned.measured and returned.vm_runs[0].ok
+    kinds = [set(output.data) for output in captured.outputs]
+    assert any("text/html" in k for k in kinds), kinds
+    html = next(o.data["text/html"] for o in captured.outputs if "text/html" in o.data)
+    assert "<table>" in html and "VM / container" in html and "start: launch -&gt; ready" in html
+    pngs = [o.data["image/png"] for o in captured.outputs if "image/png" in o.data]
+    assert pngs, kinds
+    assert_nothing_left()
+
+
+@pytest.mark.vm
+def test_a_vm_workload_is_visible_to_a_monitor_and_cleaned_up() -> None:
+    from nsmagic.cgroups import detect_driver
+    from nsmagic.runtime.registry import REGISTRY
+
+    need_vm()
+    handle = vb.start_vm("cpu", seconds=1.5, memory="128M")
+    try:
+        assert handle.cgroup_name.startswith("nsmagic-") and "-vm-" in handle.cgroup_name
+        record = REGISTRY.get(handle.record_id)
+        assert record is not None and record.name == "vm"
+        group = detect_driver().open(handle.cgroup_name)  # what a monitor would do
+        deadline = time.monotonic() + 60
+        while record.state != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert record.state == "running" and record.cgroup == handle.cgroup_name
+        assert record.pid in group.pids()
+        first = group.stats()
+        time.sleep(0.6)
+        assert group.stats().cpu_usage_ns > first.cpu_usage_ns, "the busy loop uses CPU"
+        result = handle.wait(timeout=120)
+    finally:
+        handle.stop()
+        handle.wait(timeout=30)
+    assert result.ready and handle.done_marker_seen, result.console[-1500:]
+    assert REGISTRY.get(handle.record_id).state == "exited"
+    assert_nothing_left()
+
+
+@pytest.mark.vm
+def test_the_same_workload_runs_in_a_vm_and_a_container() -> None:
+    need_vm()
+    run = vb.compare_workload("memory", seconds=1, mib=32, memory="128M")
+    assert run.vm_ok and run.container_ok
+    assert run.vm_ready_s is not None and run.vm_samples and run.container_samples
+    # The container wrote 32 MiB into its tmpfs, charged to its cgroup.
+    assert run.container_peak_bytes >= 32 * 2**20
+    assert run.vm_peak_bytes > run.container_peak_bytes
+    assert_nothing_left()
+
+
+def test_nothing_is_left_behind() -> None:
+    assert_nothing_left()
