@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -339,11 +338,6 @@ class ContainerMagics(Magics):
             raise ContainerError(str(error)) from None
         for note in notes:
             print(f"nsmagic: {note}", file=sys.stderr)
-        deadline = time.monotonic() + 10
-        while managed.result.pid is None and not managed.done.is_set():
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.005)
         if managed.done.is_set():
             MANAGER.remove(name, force=True)
             raise ContainerError(f"container {name!r} ended at once: "

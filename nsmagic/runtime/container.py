@@ -4,7 +4,6 @@ its result, and release everything however it ends."""
 from __future__ import annotations
 
 import codecs
-import json
 import os
 import pickle
 import selectors
@@ -240,12 +239,8 @@ class Container:
         return self.result
 
     def _collect_outputs(self, frames: list[bytes]) -> None:
-        if len(frames) < 2:
-            return
-        errors = json.loads(frames[0])["errors"]
-        packed = transfer.unpack_untrusted({"_": frames[1]})["_"]
-        self.result.outputs = transfer.unpack_untrusted(packed)
-        self.result.output_errors = errors
+        if len(frames) >= 2:
+            self.result.outputs, self.result.output_errors = transfer.unpack_reply(*frames[:2])
 
     def run(self, source: str, kind: str = "python", **kwargs: Any) -> ContainerResult:
         """Start the payload and wait for it; output is collected, not printed."""

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import html
-import os
 import time
 from dataclasses import dataclass
 
+from nsmagic.cgroups._fs import pid_alive
 from nsmagic.cgroups.limits import format_size
 from nsmagic.runtime.named import ContainerManager, ManagedContainer
 
@@ -121,7 +121,7 @@ def _prune_links() -> list[str]:
     for name in links:
         if name.startswith(network.BRIDGE_PREFIX):
             owner = name[len(network.BRIDGE_PREFIX):]
-            if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+            if owner.isdigit() and not pid_alive(int(owner)):
                 try:
                     network.delete_link(name)
                     removed.append(f"removed orphaned bridge {name}")

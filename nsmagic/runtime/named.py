@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nsmagic.errors import NsmagicError, SpecError
+from nsmagic.errors import ContainerSetupError, NsmagicError, SpecError
 from nsmagic.runtime import transfer
 from nsmagic.runtime.container import Container, ContainerResult, RemoteException
 from nsmagic.runtime.launcher import Launcher
@@ -65,6 +65,7 @@ class ManagedContainer:
         self.done = threading.Event()
         self.started_at = time.time()
         self._thread: threading.Thread | None = None
+        self._failure: NsmagicError | None = None
 
     # -- starting ----------------------------------------------------------------------------
     def start_agent(self) -> ManagedContainer:
@@ -73,6 +74,15 @@ class ManagedContainer:
         self._thread = threading.Thread(target=self._pump_forever, daemon=True,
                                         name=f"nsmagic-{self.name}")
         self._thread.start()
+        # Return once it runs (its pid and address known), or say why it could not start.
+        deadline = time.monotonic() + 30
+        while self.result.pid is None and not self.done.is_set():
+            if time.monotonic() > deadline:
+                self.close()
+                raise ContainerSetupError(f"container {self.name!r} did not start in 30 s")
+            time.sleep(0.002)
+        if self._failure is not None:
+            raise self._failure
         return self
 
     def start_background(self, source: str, kind: str = "python", **options: Any
@@ -174,10 +184,7 @@ class ManagedContainer:
                 exit_code=reply["exit_code"], interrupted=interrupted,
                 exception=RemoteException(**exception) if exception else None)
             if packed is not None:
-                errors = json.loads(packed[0])["errors"]
-                values = transfer.unpack_untrusted({"_": packed[1]})["_"]
-                result.outputs = transfer.unpack_untrusted(values)
-                result.output_errors = errors
+                result.outputs, result.output_errors = transfer.unpack_reply(*packed)
         result.elapsed_s = time.perf_counter() - began
         if interrupted:
             raise KeyboardInterrupt
@@ -269,7 +276,9 @@ class ManagedContainer:
                 pipes = [fd for fd in ready if fd is not ctl]
                 if pipes and not self._exec_lock.locked():
                     self._read_pipes(pipes)
-        except (OSError, ValueError, NsmagicError):
+        except NsmagicError as error:
+            self._failure = error
+        except (OSError, ValueError):
             pass
         finally:
             self._drain()

@@ -5,6 +5,7 @@ notebook kernel (an unrestricted unpickler would let it)."""
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import struct
 from typing import Any
@@ -55,18 +56,29 @@ class _SafeUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
 
 
-def unpack_untrusted(packed: dict[str, bytes]) -> dict[str, Any]:
-    """In the notebook: a container's pickles, allowing plain data only."""
-    values = {}
+def unpack_untrusted(packed: dict[str, bytes]) -> tuple[dict[str, Any], dict[str, str]]:
+    """In the notebook: a container's pickles, allowing plain data only.
+
+    Returns the values, and for each refused variable a sentence naming it.
+    """
+    values, errors = {}, {}
     for name, blob in packed.items():
         try:
             values[name] = _SafeUnpickler(io.BytesIO(blob)).load()
         except Exception as error:  # noqa: BLE001
-            raise TransferError(
+            errors[name] = (
                 f"variable {name!r} cannot be copied out of the container: only plain data "
                 f"(numbers, strings, bytes, lists, tuples, dicts, sets, dates) can ({error})."
-            ) from None
-    return values
+            )
+    return values, errors
+
+
+def unpack_reply(header: bytes, blob: bytes) -> tuple[dict[str, Any], dict[str, str]]:
+    """The two frames a payload sends back after --out: errors, then the pickles."""
+    errors = json.loads(header)["errors"]
+    outer, outer_errors = unpack_untrusted({"outputs": blob})
+    values, refused = unpack_untrusted(outer.get("outputs", {}))
+    return values, {**errors, **outer_errors, **refused}
 
 
 def send_frame(sock: Any, data: bytes) -> None:

@@ -1,0 +1,127 @@
+"""%container start/ls/logs/stats/wait/stop/rm/prune and %%container NAME / --bg / --in /
+--out, through a real in-process IPython shell."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from IPython.core.error import UsageError
+
+from nsmagic.isolation import network
+from nsmagic.runtime.named import MANAGER
+
+from ..conftest import IS_ROOT, wait_until
+
+
+@pytest.fixture(autouse=True)
+def no_named_containers_left():
+    yield
+    MANAGER.close_all()
+
+
+def test_a_named_container_keeps_variables_between_cells(ipython_shell, capsys):
+    ipython_shell.run_line_magic("container", "start lab --hostname lab --memory 128M")
+    assert "started lab" in capsys.readouterr().out
+    assert ipython_shell.run_cell("%%container lab\ntotal = 40").success
+    assert ipython_shell.run_cell("%%container lab\ntotal += 2\nimport socket\n"
+                                  "print(total, socket.gethostname())").success
+    assert capsys.readouterr().out == "42 lab\n"
+
+
+def test_in_and_out_move_notebook_variables(ipython_shell):
+    ipython_shell.user_ns["data"] = [1, 2, 3, 4]
+    assert ipython_shell.run_cell("%%container --in data --out result\n"
+                                  "result = sum(data)").success
+    assert ipython_shell.user_ns["result"] == 10
+    ipython_shell.run_line_magic("container", "start keeper")
+    assert ipython_shell.run_cell("%%container keeper --in data --out doubled\n"
+                                  "doubled = [2 * x for x in data]").success
+    assert ipython_shell.user_ns["doubled"] == [2, 4, 6, 8]
+
+
+def test_out_of_a_lambda_fails_the_cell_clearly(ipython_shell, capsys):
+    result = ipython_shell.run_cell("%%container --out f\nf = lambda: 1")
+    assert not result.success
+    assert "variable 'f' cannot be copied out of the container" in str(result.error_in_exec)
+
+
+def test_background_cells_return_at_once_and_keep_a_log(ipython_shell, capsys):
+    assert ipython_shell.run_cell("%%container --bg --name ticker\nimport time\n"
+                                  "for i in range(3):\n    print('tick', i, flush=True)\n"
+                                  "    time.sleep(0.2)").success
+    assert MANAGER.get("ticker").state == "running"
+    ipython_shell.run_line_magic("container", "wait ticker")
+    ipython_shell.run_line_magic("container", "logs ticker")
+    out = capsys.readouterr().out
+    assert "ticker: exit status 0" in out
+    assert out.rstrip().endswith("tick 0\ntick 1\ntick 2")
+
+
+def test_ls_stats_stop_rm(ipython_shell, capsys):
+    ipython_shell.run_line_magic("container", "start one --memory 64M")
+    table = ipython_shell.run_line_magic("container", "ls")
+    text = table.text()
+    assert "one" in text and "running" in text and "memory 64 MiB" in text
+    assert "<table>" in table._repr_html_()
+    stats = ipython_shell.run_line_magic("container", "stats one").text()
+    assert "memory_current" in stats
+    ipython_shell.run_line_magic("container", "stop one")
+    with pytest.raises(UsageError, match="no container named 'nope'"):
+        ipython_shell.run_line_magic("container", "stop nope")
+    ipython_shell.run_line_magic("container", "rm one")
+    assert "one" not in MANAGER.names()
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("", "needs a subcommand"),
+    ("frobnicate", "does not know 'frobnicate'"),
+    ("start", "usage: %container start NAME"),
+    ("start bad/name", "is not valid"),
+    ("start ../up", "is not valid"),
+    ("logs", "usage: %container logs"),
+    ("wait ghost", "no container named 'ghost'"),
+    ("start x --memory 12Q", "--memory must be a size"),
+    ("start x --net wifi", "--net must be none, bridge, host or container:NAME"),
+])
+def test_bad_lifecycle_commands_are_one_line_usage_errors(ipython_shell, line, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        ipython_shell.run_line_magic("container", line)
+    assert "x" not in MANAGER.names()
+
+
+def test_duplicate_names_and_unknown_cell_targets_are_refused(ipython_shell):
+    ipython_shell.run_line_magic("container", "start twin")
+    with pytest.raises(UsageError, match="exists already"):
+        ipython_shell.run_line_magic("container", "start twin")
+    with pytest.raises(UsageError, match="does not know 'nobody_here'"):
+        ipython_shell.run_cell_magic("container", "nobody_here", "pass")
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="bridges need root")
+def test_prune_after_the_owner_and_its_server_are_killed(ipython_shell, capsys):
+    owner = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import time, nsmagic
+        from nsmagic.runtime.named import MANAGER
+        from nsmagic.runtime.launcher import default_launcher
+        box = MANAGER.start("orphan", nsmagic.ContainerSpec.build(net="bridge", limits=nsmagic.Limits.parse(memory="64M")))
+        print(default_launcher().pid, box.result.cgroup, flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    server_pid, cgroup = owner.stdout.readline().split()
+    # Kill the kernel-side process and its fork server at once: nothing can clean up now.
+    os.kill(int(server_pid), signal.SIGKILL)
+    owner.kill()
+    owner.wait()
+    bridge = f"{network.BRIDGE_PREFIX}{server_pid}"
+    assert bridge in network.our_links()
+    ipython_shell.run_line_magic("container", "prune")
+    out = capsys.readouterr().out
+    assert f"removed orphaned bridge {bridge}" in out
+    assert f"removed orphaned cgroup {cgroup}" in out
+    assert bridge not in network.our_links()
+    assert wait_until(lambda: not [n for n in network.our_links() if n.startswith("nsmv")], 5)
