@@ -108,7 +108,9 @@ def test_prune_after_the_owner_and_its_server_are_killed(ipython_shell, capsys):
         import time, nsmagic
         from nsmagic.runtime.named import MANAGER
         from nsmagic.runtime.launcher import default_launcher
-        box = MANAGER.start("orphan", nsmagic.ContainerSpec.build(net="bridge", limits=nsmagic.Limits.parse(memory="64M")))
+        spec = nsmagic.ContainerSpec.build(net="bridge",
+                                           limits=nsmagic.Limits.parse(memory="64M"))
+        box = MANAGER.start("orphan", spec)
         print(default_launcher().pid, box.result.cgroup, flush=True)
         time.sleep(60)
     """)], stdout=subprocess.PIPE, text=True)
