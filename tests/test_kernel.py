@@ -103,7 +103,8 @@ def test_killing_the_kernel_kills_its_containers(kernel):
     kernel_pid = manager.provisioner.process.pid
     helpers = _descendants(kernel_pid)
     assert helpers, "the container's processes should be running"
-    assert _cgroups_of(kernel_pid)
+    has_cgroups = bool(_cgroups_of(kernel_pid))  # none on rlimit-only (unprivileged) hosts
+    assert has_cgroups or os.geteuid() != 0
     # Jupyter kills the kernel's whole process group, as here.
     os.killpg(os.getpgid(kernel_pid), signal.SIGKILL)
     assert wait_until(lambda: not any(_exists(pid) for pid in helpers), 5), \

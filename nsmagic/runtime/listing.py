@@ -37,14 +37,36 @@ class Table:
 
 
 def _stats(managed: ManagedContainer) -> dict | None:
-    if managed.state != "running" or not managed.result.cgroup:
+    if managed.state != "running":
         return managed.result.stats
+    if not managed.result.cgroup or managed.result.cgroup_driver not in ("v1", "v2"):
+        return _process_stats(managed.result.pid)
     try:
         from nsmagic.cgroups import detect_driver
 
         return detect_driver().open(managed.result.cgroup).stats().as_dict()
     except (KeyError, OSError):
         return None
+
+
+def _process_stats(pid: int | None) -> dict | None:
+    """Without a cgroup (rlimit hosts): sum over pid 1 and its descendants, through psutil."""
+    if pid is None:
+        return None
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+        cpu = memory = 0.0
+        for process in processes:
+            times = process.cpu_times()
+            cpu += times.user + times.system
+            memory += process.memory_info().rss
+    except psutil.Error:
+        return None
+    return {"cpu_usage_ns": int(cpu * 1e9), "memory_current": int(memory),
+            "pids_current": len(processes), "source": "processes (no cgroup on this host)"}
 
 
 def _uptime(seconds: float) -> str:

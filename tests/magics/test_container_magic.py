@@ -10,6 +10,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from nsmagic.magics import ContainerError
+from nsmagic.runtime.registry import REGISTRY
 
 from ..conftest import running_containers, wait_until
 
@@ -72,10 +73,10 @@ def test_dash_o_returns_the_result_object(ipython_shell):
     ],
 )
 def test_bad_options_give_one_clear_usage_error_and_start_nothing(ipython_shell, line, message):
-    before = running_containers()
+    before = {r.container_id for r in REGISTRY.records(include_exited=True)}
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
         ipython_shell.run_cell_magic("container", line, "print('never')")
-    assert running_containers() == before
+    assert {r.container_id for r in REGISTRY.records(include_exited=True)} == before
 
 
 def test_line_variables_are_expanded(ipython_shell, capsys):
