@@ -9,6 +9,11 @@ seconds. The runner calls each sampler once per round, in a shuffled order that 
 round, so the drift of a shared, noisy machine lands on every benchmark alike. Figures are
 medians with the p10-p90 spread; ratios are ratios of medians, with the spread of the
 per-round ratios next to them.
+
+A second kind of row, registered with @figure, is not a time: it measures once per run, after
+the timed rounds and with everything of theirs closed, and returns a value in its own unit
+(megabytes of PSS, % of a core). Absolute targets (TARGETS) apply to a timed row's median or to
+a figure's value.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA = 1
+SCHEMA = 2
 DEFAULT_RUNS = 100
 QUICK_RUNS = 3
 WARMUP_ROUNDS = 2
@@ -41,7 +46,18 @@ TIMER = "time.perf_counter"
 ANCHOR_METHOD = ("subprocess.run(argv, stdout/stderr=DEVNULL) from the benchmark process, wall "
                  "time with time.perf_counter around the call (includes Python's fork/exec of "
                  "the tool; the 'spawn floor' row shows that fixed cost)")
-NOT_BUILT = "feature not built yet"
+FIGURE_METHOD = ("measured once per run, after the timed rounds and after everything they "
+                 "used was closed, each figure with fork servers and containers of its own, "
+                 "all removed before the next figure")
+# Figures: idle named containers alive at once for the PSS figure (fewer with --quick, so a
+# quick run stays quick), and the sampler's load (as bench/sampler_cost.py).
+IDLE_CONTAINERS = 100
+QUICK_IDLE_CONTAINERS = 10
+SAMPLER_CONTAINERS = 10
+SAMPLER_RATE_HZ = 10.0
+SAMPLER_SECONDS = 10.0
+QUICK_SAMPLER_SECONDS = 3.0
+MB = 1_000_000  # figures in MB are 10^6 bytes
 
 Sampler = Callable[[], float]
 
@@ -62,8 +78,13 @@ class SampleFailed(Exception):
 class Benchmark:
     key: str
     label: str
-    group: str  # "anchor", "api", "kernel" or "future"
-    prepare: Callable[[Context], Sampler]
+    group: str  # "anchor", "api", "kernel", "named", "monitor" or "future"
+    # kind "time": prepare(ctx) returns a sampler, timed every round.
+    # kind "figure": prepare(ctx) measures once (after the rounds) and returns a dict with
+    # "value" (in unit), "detail" (one line for the page) and "details" (numbers for the JSON).
+    prepare: Callable[[Context], Any]
+    kind: str = "time"
+    unit: str = "ms"
 
 
 BENCHMARKS: list[Benchmark] = []
@@ -75,6 +96,17 @@ def benchmark(key: str, label: str, group: str) -> Callable[[Callable], Callable
     def register(prepare: Callable[[Context], Sampler]) -> Callable[[Context], Sampler]:
         BENCHMARKS.append(Benchmark(key, label, group, prepare))
         return prepare
+
+    return register
+
+
+def figure(key: str, label: str, group: str, unit: str) -> Callable[[Callable], Callable]:
+    """Register measure(ctx) -> {"value", "detail", "details"} as one row of the figures."""
+
+    def register(measure: Callable[[Context], dict[str, Any]]
+                 ) -> Callable[[Context], dict[str, Any]]:
+        BENCHMARKS.append(Benchmark(key, label, group, measure, kind="figure", unit=unit))
+        return measure
 
     return register
 
@@ -240,8 +272,9 @@ def _pool_module() -> Any | None:
     return pool if hasattr(pool, "pool_size_from_environment") else None
 
 
-def _fork_server(ctx: Context, pool_size: int | None) -> Any:
-    """A fork server of our own (not the process-wide one), with NSMAGIC_POOL=pool_size."""
+def _fork_server(ctx: Context, pool_size: int | None, tag: str = "") -> Any:
+    """A fork server of our own (not the process-wide one), with NSMAGIC_POOL=pool_size; tag
+    gives a row a server of its own instead of the one shared by that pool size."""
     from nsmagic.runtime.launcher import ForkServerLauncher
 
     def make() -> Any:
@@ -259,7 +292,7 @@ def _fork_server(ctx: Context, pool_size: int | None) -> Any:
         ctx.on_close(launcher.close)
         return launcher
 
-    return ctx.get(f"forkserver-pool-{pool_size}", make)
+    return ctx.get(f"forkserver-pool-{pool_size}{'-' + tag if tag else ''}", make)
 
 
 def _api_sampler(ctx: Context, key: str, launcher: Any, **options: Any) -> Sampler:
@@ -410,31 +443,225 @@ def bench_cell_container(ctx: Context) -> Sampler:
     return _cell_sampler(ctx, "%%container\npass")
 
 
-# -- figures of features still to come ------------------------------------------------------
-def _not_built(present: bool, what: str) -> NotMeasured:
-    if present:
-        return NotMeasured(f"{what} exists now, but its benchmark is not written yet")
-    return NotMeasured(NOT_BUILT)
+# -- named containers and the monitor --------------------------------------------------------
+def _start_named(name: str, launcher: Any, spec: Any = None) -> Any:
+    """MANAGER.start(name, spec or the default spec) on launcher; SampleFailed if it won't run."""
+    from nsmagic.errors import NsmagicError
+    from nsmagic.runtime.named import MANAGER
+    from nsmagic.runtime.spec import ContainerSpec
+
+    try:
+        managed = MANAGER.start(name, spec or ContainerSpec.build(name=name), launcher=launcher)
+    except NsmagicError as error:
+        raise SampleFailed(f"named container {name!r} did not start: {error}") from error
+    if managed.done.is_set():
+        MANAGER.remove(name, force=True)
+        raise SampleFailed(f"named container {name!r} ended at once: "
+                           f"{managed.result.describe()}")
+    return managed
 
 
-@benchmark("exec_named", "exec into a running named container", "future")
+def _remove_named(names: list[str]) -> list[str]:
+    """Remove (killing) every container of names still kept; return the names still kept."""
+    from nsmagic.runtime.named import MANAGER
+
+    for name in names:
+        if name in MANAGER.names():
+            MANAGER.remove(name, force=True)
+    kept = set(MANAGER.names())
+    return [name for name in names if name in kept]
+
+
+def _remover(names: list[str]) -> Callable[[], None]:
+    """A closer for ctx.on_close: remove names, and fail loudly if any is left."""
+
+    def close() -> None:
+        left = _remove_named(names)
+        if left:
+            raise SampleFailed(f"named containers left after removal: {', '.join(left)}")
+
+    return close
+
+
+@benchmark("exec_named", "exec into a running named container: managed.exec('pass')",
+           "named")
 def bench_exec_named(ctx: Context) -> Sampler:
+    name = f"bench-exec-{os.getpid()}"
+    managed = _start_named(name, _fork_server(ctx, 0, "named"))
+    ctx.on_close(_remover([name]))
+
+    def sample() -> float:
+        start = time.perf_counter()
+        result = managed.exec("pass")
+        elapsed = time.perf_counter() - start
+        if not result.ok:
+            raise SampleFailed(f"exec('pass') in {name!r} ended with exit {result.exit_code}"
+                               f"{f', {result.exception}' if result.exception else ''}")
+        return elapsed
+
+    sample()  # the check run
+    return sample
+
+
+def _process_tree(pid: int) -> list[int]:
+    """pid and every process below it, from /proc/PID/task/TID/children of all its threads."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            threads = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue  # gone
+        for tid in threads:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children") as handle:
+                    todo.extend(int(child) for child in handle.read().split())
+            except OSError:
+                continue
+    return found
+
+
+def _rollup(pid: int) -> dict[str, int] | None:
+    """Pss and Rss of a process in bytes, from /proc/PID/smaps_rollup; None once it is gone."""
+    values = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                key, _, rest = line.partition(":")
+                if key in ("Pss", "Rss"):
+                    values[key.lower()] = int(rest.split()[0]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return values if "pss" in values else None
+
+
+def _gone(pids: list[int], timeout: float = 5.0) -> list[int]:
+    """Wait until none of pids exists any more; return those still there after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+@figure("idle_pss", f"PSS of one idle named container (pid 1 and its children), "
+                    f"{IDLE_CONTAINERS} alive at once", "named", "MB")
+def figure_idle_pss(ctx: Context) -> dict[str, Any]:
+    if not os.path.exists("/proc/self/smaps_rollup"):
+        raise Missing("no /proc/PID/smaps_rollup here (Linux 4.14 or later)")
+    count = QUICK_IDLE_CONTAINERS if ctx.quick else IDLE_CONTAINERS
+    launcher = _fork_server(ctx, 0, "idle")
+    names: list[str] = []
+    ctx.on_close(_remover(names))
+    began = time.perf_counter()
+    kept = []
+    for number in range(count):
+        names.append(f"bench-idle-{os.getpid()}-{number}")
+        kept.append(_start_named(names[-1], launcher))
+    start_s = time.perf_counter() - began
+    time.sleep(1.0)  # every agent settles into waiting for its first cell
+    pss = rss = processes = 0
+    for managed in kept:
+        if managed.done.is_set():
+            raise SampleFailed(f"{managed.name} ended while idle: {managed.result.describe()}")
+        for pid in _process_tree(managed.result.pid):
+            usage = _rollup(pid)
+            if usage is not None:
+                pss, rss, processes = pss + usage["pss"], rss + usage.get("rss", 0), processes + 1
+    server = _rollup(launcher.pid) or {"pss": 0, "rss": 0}
+    # Clean up now, and check: no name kept by the manager, no process of theirs left.
+    pids = [pid for managed in kept for pid in _process_tree(managed.result.pid)]
+    left = _remove_named(names)
+    alive = _gone(pids)
+    if left or alive:
+        raise SampleFailed(f"clean-up left {len(left)} named containers and {len(alive)} "
+                           "processes")
+    server_mb = server["pss"] / MB
+    ctx.notes.append(f"idle_pss: the fork server that started the {count} containers is not "
+                     f"counted in them; its own PSS was {server_mb:.1f} MB")
+    quick = f" (--quick; {IDLE_CONTAINERS} in a full run)" if count != IDLE_CONTAINERS else ""
+    return {
+        "value": pss / count / MB,
+        "detail": f"{count} containers{quick}: {processes} processes, started one after the "
+                  f"other in {start_s:.1f} s; RSS {rss / count / MB:.1f} MB each; not counted: "
+                  f"the fork server, PSS {server_mb:.1f} MB",
+        "details": {"containers": count, "processes": processes, "pss_bytes": pss,
+                    "rss_bytes": rss, "start_s": start_s, "fork_server_pss_bytes": server["pss"],
+                    "fork_server_rss_bytes": server.get("rss", 0), "left_after_cleanup": 0},
+    }
+
+
+def sampler_cost(containers: int = SAMPLER_CONTAINERS, rate: float = SAMPLER_RATE_HZ,
+                 seconds: float = SAMPLER_SECONDS, launcher: Any = None) -> dict[str, Any]:
+    """What bench/sampler_cost.py measures, as a function: containers sleeping (memory=64M,
+    cpus=0.5) sampled by a Monitor at rate Hz for seconds; the sampler thread's CPU time
+    (time.thread_time() inside it) per second of its wall time. Same keys as its --json."""
+    import threading
+
     import nsmagic
+    from nsmagic.monitor import Monitor
+    from nsmagic.runtime.registry import REGISTRY
 
-    raise _not_built(hasattr(nsmagic.Container, "exec") or hasattr(nsmagic, "start"),
-                     "named containers")
+    hold = seconds + 6
+    options: dict[str, Any] = {"memory": "64M", "cpus": 0.5}
+    if launcher is not None:
+        options["launcher"] = launcher
+    threads = [threading.Thread(target=nsmagic.run, args=(f"import time; time.sleep({hold})",),
+                                kwargs=options, daemon=True) for _ in range(containers)]
+    monitor = Monitor(rate=rate)
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 20
+        while True:  # wait until every container runs
+            running = [r for r in REGISTRY.records() if r.state == "running"]
+            if len(running) >= containers:
+                break
+            if time.monotonic() > deadline:
+                raise SampleFailed(f"only {len(running)} of {containers} containers started")
+            time.sleep(0.05)
+        with monitor.watch():
+            time.sleep(seconds)
+            ticks, cpu_s, wall_s = monitor.ticks, monitor.sampler_cpu_s, monitor.sampler_wall_s
+            first_s = monitor.first_tick_cpu_s
+        sampled = [s for s in monitor.series() if len(s)]
+    finally:
+        for thread in threads:
+            thread.join(hold + 30)
+    share = cpu_s / wall_s if wall_s else float("nan")
+    steady = (cpu_s - first_s) / wall_s if wall_s else float("nan")
+    per_tick_us = cpu_s / ticks * 1e6 if ticks else float("nan")
+    return {
+        "containers": containers, "sampled": len(sampled), "rate_hz": rate,
+        "wall_s": round(wall_s, 3), "ticks": ticks, "sampler_cpu_s": round(cpu_s, 5),
+        "cpu_share_of_one_core_percent": round(share * 100, 3),
+        "steady_share_percent": round(steady * 100, 3),
+        "first_tick_cpu_ms": round(first_s * 1000, 2),
+        "cpu_per_tick_us": round(per_tick_us, 1),
+        "cpu_per_container_sample_us": round(per_tick_us / max(1, len(sampled)), 1),
+        "sources": sorted({s.source for s in sampled}),
+        "target_percent": 1.0, "met": share * 100 < 1.0,
+    }
 
 
-@benchmark("idle_pss", "PSS of 100 idle named containers", "future")
-def bench_idle_pss(ctx: Context) -> Sampler:
-    import nsmagic
-
-    raise _not_built(hasattr(nsmagic, "start"), "named containers")
-
-
-@benchmark("sampler_cpu", "CPU cost of the stats sampler", "future")
-def bench_sampler_cpu(ctx: Context) -> Sampler:
-    raise _not_built(importlib.util.find_spec("nsmagic.monitor") is not None, "nsmagic.monitor")
+@figure("sampler_cpu", f"CPU of the stats sampler thread: {SAMPLER_CONTAINERS} containers at "
+                       f"{SAMPLER_RATE_HZ:g} Hz", "monitor", "% of a core")
+def figure_sampler_cpu(ctx: Context) -> dict[str, Any]:
+    seconds = QUICK_SAMPLER_SECONDS if ctx.quick else SAMPLER_SECONDS
+    cost = sampler_cost(seconds=seconds, launcher=_fork_server(ctx, 0, "sampler"))
+    if cost["sampled"] != cost["containers"]:
+        ctx.notes.append(f"sampler_cpu: {cost['sampled']} containers sampled, not "
+                         f"{cost['containers']}")
+    return {
+        "value": cost["cpu_share_of_one_core_percent"],
+        "detail": f"{cost['sampled']} containers ({', '.join(cost['sources'])}) for "
+                  f"{cost['wall_s']:.1f} s, {cost['ticks']} ticks, "
+                  f"{cost['cpu_per_tick_us']:.0f} us a tick; steady state (without the first "
+                  f"tick, {cost['first_tick_cpu_ms']:.1f} ms) {cost['steady_share_percent']:.3f}%",
+        "details": {k: v for k, v in cost.items() if k not in ("target_percent", "met")},
+    }
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -466,6 +693,37 @@ RATIOS: list[tuple[str, str, str, float | None]] = [
 ]
 
 
+# Absolute targets: (name, key, target). A timed row's median in ms, or a figure's value in
+# its unit, must be <= target.
+TARGETS: list[tuple[str, str, float]] = [
+    ("exec into a running named container, median", "exec_named", 1.0),
+    ("PSS per idle named container", "idle_pss", 3.0),
+    ("stats sampler thread, CPU", "sampler_cpu", 1.0),
+]
+
+
+def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """TARGETS against a report's timed medians (ms) and figures (their unit)."""
+    checked = []
+    for name, key, target in TARGETS:
+        entry: dict[str, Any] = {"name": name, "key": key, "target": target}
+        timed, measured = report["benchmarks"].get(key), report.get("figures", {}).get(key)
+        if timed is not None and timed["status"] == "ok" and timed["samples"]:
+            entry.update(unit="ms", value=timed["median"] * 1000)
+        elif measured is not None and measured["status"] == "ok":
+            entry.update(unit=measured["unit"], value=measured["value"])
+        else:
+            row = timed or measured
+            why = f"{row['status']}: {row['reason']}" if row else "not run"
+            entry.update(unit="ms" if timed else (measured or {}).get("unit", ""), value=None,
+                         met=None, why=why)
+            checked.append(entry)
+            continue
+        entry["met"] = entry["value"] <= target
+        checked.append(entry)
+    return checked
+
+
 def _ratio(numerators: list[float], denominators: list[float]) -> dict[str, Any]:
     pairs = [n / d for n, d in zip(numerators, denominators, strict=False) if d > 0]
     value = statistics.median(numerators) / statistics.median(denominators)
@@ -474,7 +732,7 @@ def _ratio(numerators: list[float], denominators: list[float]) -> dict[str, Any]
 
 
 def derive(report: dict[str, Any]) -> None:
-    """Add the magic's overhead and the ratios (with targets met or not) to a report."""
+    """Add the magic's overhead, the ratios and the absolute targets (met or not)."""
     results = report["benchmarks"]
 
     def samples(key: str) -> list[float] | None:
@@ -516,6 +774,7 @@ def derive(report: dict[str, Any]) -> None:
             entry["met"] = None if target is None else entry["value"] <= target
         ratios.append(entry)
     report["ratios"] = ratios
+    report["targets"] = check_targets(report)
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -577,7 +836,7 @@ def run(runs: int = DEFAULT_RUNS, quick: bool = False, only: list[str] | None = 
     samplers: dict[str, Sampler] = {}
     chosen = select(only)
     try:
-        for bench in chosen:
+        for bench in (b for b in chosen if b.kind == "time"):
             entry: dict[str, Any] = {"label": bench.label, "group": bench.group,
                                      "status": "ok", "reason": "", "samples": []}
             results[bench.key] = entry
@@ -612,6 +871,7 @@ def run(runs: int = DEFAULT_RUNS, quick: bool = False, only: list[str] | None = 
                 time.sleep(GAP_S)
     finally:
         ctx.close()
+    figures = measure_figures([b for b in chosen if b.kind == "figure"], quick, ctx.notes, say)
     for key, entry in results.items():
         if entry["status"] == "ok" and entry["samples"]:
             entry.update(summarize(entry["samples"]))
@@ -627,13 +887,39 @@ def run(runs: int = DEFAULT_RUNS, quick: bool = False, only: list[str] | None = 
                    "runs": runs, "warmup_rounds": warmup, "gap_s": GAP_S,
                    "order": f"every round runs each benchmark once, in an order shuffled "
                             f"per round (random.Random({SEED}))",
-                   "spread": "p10-p90 (statistics.quantiles, inclusive)", "quick": quick},
+                   "spread": "p10-p90 (statistics.quantiles, inclusive)", "quick": quick,
+                   "figures": FIGURE_METHOD},
         "benchmarks": results,
+        "figures": figures,
         "notes": ctx.notes,
     }
     derive(report)
     report["duration_s"] = time.perf_counter() - started
     return report
+
+
+def measure_figures(chosen: list[Benchmark], quick: bool, notes: list[str],
+                    say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Measure each figure once, each with a context of its own, closed before the next."""
+    figures: dict[str, dict[str, Any]] = {}
+    for bench in chosen:
+        entry: dict[str, Any] = {"label": bench.label, "group": bench.group,
+                                 "unit": bench.unit, "status": "ok", "reason": "",
+                                 "value": None, "detail": "", "details": {}}
+        figures[bench.key] = entry
+        say(f"measuring {bench.key}")
+        ctx = Context(quick=quick, notes=notes)
+        try:
+            entry.update(bench.prepare(ctx))
+        except Missing as why:
+            entry.update(status="missing", reason=str(why))
+        except NotMeasured as why:
+            entry.update(status="not measured", reason=str(why))
+        except SampleFailed as why:
+            entry.update(status="failed", reason=str(why))
+        finally:
+            ctx.close()
+    return figures
 
 
 def _phase_medians(phases: list[dict[str, float]]) -> dict[str, float]:
@@ -656,6 +942,27 @@ def _ratio_text(entry: dict[str, Any]) -> tuple[str, str, str]:
     value = f"{entry['value']:.3f}"  # near a target, two decimals could round across it
     verdict = "met" if entry["met"] else "NOT met"
     return value, spread, f"target <= {entry['target']:g}: {verdict}"
+
+
+def _value(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _figure_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(label, value, unit, detail) of every figure."""
+    rows = []
+    for entry in report.get("figures", {}).values():
+        if entry["status"] == "ok":
+            rows.append((entry["label"], _value(entry["value"]), entry["unit"], entry["detail"]))
+        else:
+            rows.append((entry["label"], f"{entry['status']}: {entry['reason']}", "", ""))
+    return rows
+
+
+def _target_text(entry: dict[str, Any]) -> tuple[str, str]:
+    if entry["value"] is None:
+        return "-", f"not checked: {entry['why']}"
+    return _value(entry["value"]), "met" if entry["met"] else "NOT met"
 
 
 def _rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -702,6 +1009,20 @@ def format_table(report: dict[str, Any]) -> str:
     for entry in report["ratios"]:
         value, spread, verdict = _ratio_text(entry)
         lines.append(f"  {entry['name']:<{name_width}}  {value:>5}  {spread:>11}  {verdict}")
+    figures = _figure_rows(report)
+    if figures:
+        lines += ["", "figures (measured once, after the rounds)"]
+        width = max(len(r[0]) for r in figures)
+        for label, value, unit, detail in figures:
+            lines.append(f"  {label:<{width}}  {value} {unit}" + (f"  ({detail})" if detail
+                                                                  else ""))
+    if report.get("targets"):
+        lines += ["", "absolute targets"]
+        width = max(len(t["name"]) for t in report["targets"])
+        for entry in report["targets"]:
+            value, verdict = _target_text(entry)
+            lines.append(f"  {entry['name']:<{width}}  {value:>6} {entry['unit']}  "
+                         f"target <= {entry['target']:g}: {verdict}")
     lines += [f"  note: {n}" for n in report["notes"]]
     lines.append(f"\n(total {report['duration_s']:.0f} s)")
     return "\n".join(lines)
@@ -721,7 +1042,9 @@ def format_markdown(report: dict[str, Any]) -> str:
         "nsmagic/bench.py, not this page. -->",
         "",
         "How long it takes to start a container and have it end, with nsmagic and with the "
-        "usual tools, measured in one run on one machine. Regenerate with:",
+        "usual tools, and what a named container costs once it runs (a cell sent to it, its "
+        "memory while idle, the stats sampler watching it), measured in one run on one "
+        "machine. Regenerate with:",
         "",
         "```",
         "sudo .venv/bin/python -m nsmagic bench --markdown docs/performance.md "
@@ -739,6 +1062,13 @@ def format_markdown(report: dict[str, Any]) -> str:
     ]
     for label, median, spread, n in _rows(report):
         out.append(f"| {_cell(label)} | {_cell(median)} | {spread} | {n} |")
+    figures = _figure_rows(report)
+    if figures:
+        out += ["", "## Figures", "",
+                "Not times: each is measured once, after the timed rounds (see Method).", "",
+                "| figure | value | unit | how |", "|---|---:|---|---|"]
+        for label, value, unit, detail in figures:
+            out.append(f"| {_cell(label)} | {_cell(value)} | {_cell(unit)} | {_cell(detail)} |")
     out += ["", "## Ratios", "",
             "Ratios of medians; beside them the p10-p90 of the same ratio taken round by round "
             "(both figures of a round were measured seconds apart).", "",
@@ -746,6 +1076,14 @@ def format_markdown(report: dict[str, Any]) -> str:
     for entry in report["ratios"]:
         value, spread, verdict = _ratio_text(entry)
         out.append(f"| {_cell(entry['name'])} | {value} | {spread} | {_cell(verdict)} |")
+    if report.get("targets"):
+        out += ["", "## Absolute targets", "",
+                "Targets on one figure rather than a ratio: a timed row's median, or a figure.",
+                "", "| target | value | unit | target | verdict |", "|---|---:|---|---:|---|"]
+        for entry in report["targets"]:
+            value, verdict = _target_text(entry)
+            out.append(f"| {_cell(entry['name'])} | {value} | {_cell(entry['unit'])} | "
+                       f"<= {entry['target']:g} | {_cell(verdict)} |")
     phased = {k: e["phases"] for k, e in report["benchmarks"].items() if e.get("phases")}
     if phased:
         out += ["", "## Where nsmagic's time goes", "",
@@ -774,8 +1112,15 @@ def format_markdown(report: dict[str, Any]) -> str:
             "separated by the rest of its round, so it always finds a warm container, as a "
             "notebook does when cells are seconds apart; runs fired back to back faster than "
             "the refill get the pool-off figure.",
-            "- Ratios that miss their target are printed as `NOT met`; nothing is tuned to "
-            "pass.",
+            "- Exec into a named container is one cell sent to a container that already runs "
+            "(no namespace, cgroup or process is created): the request over its socket, `pass` "
+            "run by its pid 1's Python, the reply read back.",
+            "- The idle PSS divides the pages that the containers share with each other and "
+            "with the fork server they were forked from among all of them, so it depends on "
+            "how many are alive at once; fewer containers (as in `--quick`) read higher. The "
+            "fork server itself is not counted in any container; its own PSS is in the notes.",
+            "- Ratios and targets that are missed are printed as `NOT met`; nothing is tuned "
+            "to pass.",
             "", "## Method", "",
             f"- {method['runs']} rounds after {method['warmup_rounds']} warm-up rounds. "
             f"{method['order'].capitalize()}, so the drift of the machine lands on every "
@@ -791,6 +1136,25 @@ def format_markdown(report: dict[str, Any]) -> str:
             "left at its default for the warm-pool rows.",
             f"- Kernel: {method['kernel']}; one `python3` kernel with `%load_ext nsmagic`, the "
             "overhead is the per-round difference between `%%container` + `pass` and `pass`.",
+            "- Named container exec: `MANAGER.start(name, ContainerSpec.build(name=name))` "
+            "once (default spec, a fork server of its own with `NSMAGIC_POOL=0`, a name unique "
+            "to the run, removed when the run ends); each round times one `managed.exec('pass')`"
+            " with `time.perf_counter` around the call.",
+            f"- Figures: {method.get('figures', FIGURE_METHOD)}.",
+            f"- Idle PSS: {IDLE_CONTAINERS} named containers (default spec; "
+            f"{QUICK_IDLE_CONTAINERS} with `--quick`) started one after the other from one "
+            "fork server, then 1 s idle; for each, its pid 1 (`result.pid`) and every process "
+            "below it (`/proc/PID/task/TID/children`, recursively, every thread), the `Pss:` "
+            "line of `/proc/PID/smaps_rollup` summed, divided by the number of containers; "
+            "MB = 10^6 bytes. Then all are removed with `MANAGER.remove(name, force=True)` and "
+            "the run checks that the manager keeps none of their names and that none of their "
+            "processes is left.",
+            f"- Sampler CPU: what `bench/sampler_cost.py` measures ({SAMPLER_CONTAINERS} "
+            "containers sleeping under `memory='64M', cpus=0.5`, a `Monitor` at "
+            f"{SAMPLER_RATE_HZ:g} Hz watching for {SAMPLER_SECONDS:g} s, "
+            f"{QUICK_SAMPLER_SECONDS:g} s with `--quick`): the sampler thread's CPU time "
+            "(`time.thread_time()` inside it) over its wall time, as % of one core, first tick "
+            "included.",
             "- Spread: p10-p90. Anchors that cannot run here are listed as missing, with why.",
             "", "## Where the anchors come from", "",
             "The benchmark installs nothing. On Debian 12:", "",
@@ -811,7 +1175,10 @@ def format_markdown(report: dict[str, Any]) -> str:
             "`failed`, reason, samples in seconds, and for `ok` median, p10, p90, p25, p75, "
             "min, max; API rows also phases), `derived` (cell_overhead with its samples), "
             "`ratios` (name, numerator, denominator, target, value, per_round_p10, "
-            "per_round_p90, met), `notes` and `duration_s`."]
+            "per_round_p90, met), `figures` (per key: label, group, unit, status, reason, value, "
+            "detail, and details: the numbers behind it), `targets` (name, key, unit, target, "
+            "value, met; why when not checked), `notes` and `duration_s`. Schema 2 added "
+            "`figures` and `targets`."]
     return "\n".join(out) + "\n"
 
 

@@ -55,10 +55,14 @@ def test_help_lists_the_commands():
 def test_every_registered_benchmark_has_a_unique_key_and_a_known_group():
     keys = [b.key for b in bench.BENCHMARKS]
     assert len(keys) == len(set(keys))
-    assert {b.group for b in bench.BENCHMARKS} <= {"anchor", "api", "kernel", "future"}
+    assert {b.group for b in bench.BENCHMARKS} <= {"anchor", "api", "kernel", "named",
+                                                   "monitor", "future"}
+    assert {b.kind for b in bench.BENCHMARKS} == {"time", "figure"}
     for _, numerator, denominator, _ in bench.RATIOS:
         for key in (numerator, denominator):
             assert key in keys or key in ("cell_overhead", "api_for_kernel")
+    for _, key, target in bench.TARGETS:
+        assert key in keys and target > 0
 
 
 def test_summarize_gives_median_and_spread():
@@ -87,15 +91,16 @@ def quick_report(tmp_path_factory):
 def test_bench_quick_json_has_the_documented_keys(quick_report):
     _, report, _ = quick_report
     assert report["schema"] == bench.SCHEMA
-    assert {"schema", "machine", "method", "benchmarks", "derived", "ratios", "notes",
-            "duration_s"} <= set(report)
+    assert {"schema", "machine", "method", "benchmarks", "figures", "derived", "ratios",
+            "targets", "notes", "duration_s"} <= set(report)
     assert {"kernel", "cpu_model", "cores", "memory_gib", "python", "is_root", "date",
             "cgroup", "nsmagic_pool_env"} <= set(report["machine"])
     assert "version" in report["machine"]["cgroup"]
     assert {"timer", "anchors", "api", "kernel", "runs", "warmup_rounds", "gap_s", "order",
-            "spread", "quick"} <= set(report["method"])
+            "spread", "quick", "figures"} <= set(report["method"])
     assert report["method"]["quick"] is True
-    assert set(report["benchmarks"]) == {b.key for b in bench.BENCHMARKS}
+    assert set(report["benchmarks"]) == {b.key for b in bench.BENCHMARKS if b.kind == "time"}
+    assert set(report["figures"]) == {b.key for b in bench.BENCHMARKS if b.kind == "figure"}
     for key, entry in report["benchmarks"].items():
         assert {"label", "group", "status", "reason", "samples"} <= set(entry), key
         assert entry["status"] in ("ok", "missing", "not measured", "failed"), key
@@ -110,13 +115,42 @@ def test_bench_quick_json_has_the_documented_keys(quick_report):
         assert {"name", "numerator", "denominator", "target", "value", "met"} <= set(entry)
         if entry["value"] is not None and entry["target"] is not None:
             assert entry["met"] == (entry["value"] <= entry["target"])
+    for key, entry in report["figures"].items():
+        assert {"label", "group", "unit", "status", "reason", "value", "detail",
+                "details"} <= set(entry), key
+        assert entry["status"] in ("ok", "missing", "not measured", "failed"), key
+        if entry["status"] == "ok":
+            assert entry["value"] >= 0 and entry["unit"] and entry["detail"], key
+        else:
+            assert entry["reason"] and entry["value"] is None, key
+    assert [t["key"] for t in report["targets"]] == [key for _, key, _ in bench.TARGETS]
+    for entry in report["targets"]:
+        assert {"name", "key", "unit", "target", "value", "met"} <= set(entry)
+        if entry["value"] is None:
+            assert entry["met"] is None and entry["why"]
+        else:
+            assert entry["met"] == (entry["value"] <= entry["target"])
 
 
-def test_bench_quick_lists_features_not_built_yet(quick_report):
-    stdout, report, _ = quick_report
-    for key in ("exec_named", "idle_pss", "sampler_cpu"):
-        assert report["benchmarks"][key]["status"] == "not measured"
-    assert "not measured: " in stdout
+def test_bench_quick_measures_named_containers_and_the_sampler(quick_report):
+    stdout, report, page = quick_report
+    assert report["benchmarks"]["exec_named"]["group"] == "named"
+    assert report["figures"]["idle_pss"]["unit"] == "MB"
+    assert report["figures"]["sampler_cpu"]["unit"] == "% of a core"
+    pss = report["figures"]["idle_pss"]
+    if pss["status"] == "ok":
+        details = pss["details"]
+        assert details["containers"] == bench.QUICK_IDLE_CONTAINERS
+        assert details["processes"] >= details["containers"]  # pid 1 of each at least
+        assert details["left_after_cleanup"] == 0  # checked by the run (else: failed)
+        assert "--quick" in pss["detail"]
+    sampler = report["figures"]["sampler_cpu"]
+    if sampler["status"] == "ok":
+        assert sampler["details"]["sampled"] == bench.SAMPLER_CONTAINERS
+        assert sampler["details"]["ticks"] > 0
+    for title in ("## Figures", "## Absolute targets"):
+        assert title in page
+    assert "figures (measured once" in stdout and "absolute targets" in stdout
 
 
 def test_bench_quick_reports_what_is_missing_instead_of_skipping(quick_report):
