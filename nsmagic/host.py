@@ -86,6 +86,8 @@ class HostReport:
                 detail += f", controllers: {', '.join(cg['controllers'])}"
             lines.append(_line(f"cgroups ({detail})", Check(ok, cg.get("reason", ""))))
         lines.append(_line("KVM for the VM baseline", self.kvm))
+        lines.append("  containers: Docker's default capabilities only, no_new_privs set "
+                     "(--privileged keeps them all)")
         nnp = "yes" if self.no_new_privs else "no"
         lines.append(f"  seccomp: {self.seccomp}; no_new_privs: {nnp}")
         return "\n".join(lines)

@@ -84,6 +84,9 @@ class ContainerMagics(Magics):
               help="copy these notebook variables into the container (pickled)")
     @argument("--out", dest="outputs", metavar="x,y",
               help="copy these container variables back into the notebook (plain data)")
+    @argument("--privileged", action="store_true",
+              help="keep every capability and allow privilege gains (NOT isolated from the "
+                   "host kernel's administration: use only when you mean it)")
     @argument("--bg", action="store_true",
               help="return at once; output goes to the container's log and this cell")
     @argument("--name", help="name of a --bg run, for %%container logs/wait/stop")
@@ -279,8 +282,13 @@ class ContainerMagics(Magics):
             spec = ContainerSpec.build(namespaces=namespaces, userns=userns,
                                        hostname=args.hostname, limits=limits, env=env,
                                        net=self._net_mode(args.net), read_only=args.read_only,
+                                       privileged=args.privileged,
                                        overlay=args.overlay, rootfs=args.rootfs,
                                        volumes=args.volume, **options)
+            if spec.privileged:
+                notes.append("PRIVILEGED container: root inside keeps every capability "
+                             "(it can mount, load kernel modules, change the host's clock) "
+                             "and no_new_privs is off.")
             return spec, notes
         except SpecError as error:
             raise UsageError(str(error)) from None

@@ -10,7 +10,7 @@ import signal
 import socket
 from collections.abc import Callable
 
-from nsmagic.isolation import mounts, network, syscalls
+from nsmagic.isolation import capabilities, mounts, network, syscalls
 from nsmagic.runtime import protocol
 from nsmagic.runtime.payload import run_payload
 from nsmagic.runtime.spec import ContainerSpec, Payload
@@ -83,8 +83,12 @@ class PidOne:
                 os._exit(code)
         return payload_pid
 
-    def supervise(self, payload_pid: int, ctl_fd: int) -> int:
+    def supervise(self, payload_pid: int, ctl_fd: int, privileged: bool = False) -> int:
         """Wait for the payload, report how it ended, kill what it left; return our exit code."""
+        if not privileged:
+            # pid 1 needs no privilege from here on, and the payload must not borrow any.
+            capabilities.make_undumpable()
+            capabilities.restrict_to()
         status = _supervise_payload(payload_pid, self.wake_read, self.lifeline_fd, self.pending)
         protocol.send(ctl_fd, {"event": "payload-exited", **status})
         _kill_leftovers()
@@ -96,10 +100,10 @@ def run_init(spec: ContainerSpec, payload: Payload, ctl_fd: int, lifeline_fd: in
     """Be the container's init until the payload ends; return the exit code for pid 1."""
     init = PidOne(lifeline_fd)
     payload_pid = init.fork_payload(
-        lambda: run_payload(payload, ctl_fd, spec.env, spec.cwd, data_fd))
+        lambda: run_payload(payload, ctl_fd, spec.env, spec.cwd, data_fd, spec.privileged))
     if data_fd is not None:
         os.close(data_fd)  # only the payload talks on it
-    return init.supervise(payload_pid, ctl_fd)
+    return init.supervise(payload_pid, ctl_fd, spec.privileged)
 
 
 def _supervise_payload(payload_pid: int, wake_fd: int, lifeline_fd: int,

@@ -13,6 +13,7 @@ import socket
 import sys
 import traceback
 
+from nsmagic.isolation import capabilities
 from nsmagic.runtime import protocol, transfer
 from nsmagic.runtime.spec import Payload
 
@@ -28,7 +29,7 @@ def _fresh_stdio() -> None:
 
 
 def run_payload(payload: Payload, ctl_fd: int, env: dict[str, str], cwd: str,
-                data_fd: int | None = None) -> int:
+                data_fd: int | None = None, privileged: bool = False) -> int:
     """Execute the payload in this (already isolated) process; return its exit code."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD,
                    signal.SIGPIPE, signal.SIGQUIT):
@@ -39,6 +40,9 @@ def run_payload(payload: Payload, ctl_fd: int, env: dict[str, str], cwd: str,
         os.chdir(cwd)
     except OSError:
         os.chdir("/")
+    if not privileged:
+        # The last step before the user's code: Docker's capabilities, no_new_privs.
+        capabilities.restrict_to()
     if payload.kind == "shell":
         os.execve(payload.shell, [payload.shell, "-c", payload.source], env)
     _fresh_stdio()

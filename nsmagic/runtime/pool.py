@@ -71,7 +71,8 @@ class WarmContainer:
         message = json.dumps({"spec": spec.to_wire(), "payload": payload.to_wire()}).encode()
         # The payload first, so that it starts while pid 1 is still being told.
         socket.send_fds(self.payload_sync, [message], fds)
-        socket.send_fds(self.sync, [b"ctl"], fds[:1])
+        socket.send_fds(self.sync, [json.dumps({"privileged": spec.privileged}).encode()],
+                        fds[:1])
         self.sync.close()
         self.payload_sync.close()
 
@@ -166,7 +167,7 @@ def _warm_up_and_run(sync: socket.socket, payload_sync: socket.socket, lifeline_
         return 0  # discarded: the payload process dies with us, as pid 1
     syscalls.set_process_name("nsmagic-init")
     sync.close()
-    return init.supervise(payload_pid, fds[0])
+    return init.supervise(payload_pid, fds[0], json.loads(message).get("privileged", False))
 
 
 def _payload_when_asked(sync: socket.socket, warnings: list[str]) -> int:
@@ -191,4 +192,4 @@ def _payload_when_asked(sync: socket.socket, warnings: list[str]) -> int:
         os.close(fd)
     name_host(spec)
     send_quietly(ctl_fd, {"event": "ready", "warnings": warnings})
-    return run_payload(payload, ctl_fd, spec.env, spec.cwd, data_fd)
+    return run_payload(payload, ctl_fd, spec.env, spec.cwd, data_fd, spec.privileged)

@@ -73,6 +73,7 @@ class ContainerSpec:
     name: str | None = None
     cgroup: str | None = None  # run in this existing nsmagic cgroup instead of a fresh one
     net: str = "none"  # none (own namespace, lo), bridge, host, or container:<host pid>
+    privileged: bool = False  # keep every capability and allow privilege gains (loudly)
     container_id: str = field(default_factory=lambda: secrets.token_hex(6))
 
     def mount_options(self) -> MountOptions:
@@ -102,6 +103,7 @@ class ContainerSpec:
         rootfs: str | None = None,
         volumes: list[str] | tuple[Volume, ...] = (),
         net: str | None = None,
+        privileged: bool = False,
         is_root: bool | None = None,
     ) -> ContainerSpec:
         """Validate options into a spec; userns=None means 'only when not root'."""
@@ -171,6 +173,7 @@ class ContainerSpec:
             name=name,
             cgroup=cgroup,
             net=net,
+            privileged=privileged,
             read_only=read_only,
             overlay=overlay,
             rootfs=rootfs,

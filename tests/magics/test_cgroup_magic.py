@@ -93,18 +93,12 @@ def v1_dir(controller: str, full_name: str) -> Path:
     raise AssertionError(f"no {controller} hierarchy")
 
 
-# Python run inside a container: mount each v1 hierarchy in the container's own mount
-# namespace (private /tmp); in a cgroup namespace such a mount is rooted at the container's
-# group, so these are the limits of the group it runs in.
+# Python run inside a container: the container's own group is shown read-only at
+# /sys/fs/cgroup/<controller> (its cgroup namespace makes it the root), so these are the
+# limits of the group it runs in.
 READ_LIMITS = textwrap.dedent("""
-    import os, subprocess
     def read(controller, name):
-        where = f"/tmp/cg-{controller}"
-        if not os.path.ismount(where):
-            os.makedirs(where, exist_ok=True)
-            subprocess.run(["mount", "-t", "cgroup", "-o", controller, "cgroup", where],
-                           check=True)
-        return open(f"{where}/{name}").read().strip()
+        return open(f"/sys/fs/cgroup/{controller}/{name}").read().strip()
 """)
 
 
