@@ -1,19 +1,38 @@
-"""`python -m nsmagic COMMAND`: the API outside notebooks.
+"""`python -m nsmagic COMMAND` (or the `nsmagic` console script): the API outside notebooks.
 
-Commands: `doctor` (what this host allows, and why not) and `bench` (start-up benchmarks).
-Each command is a `_cmd_NAME(args) -> exit code` function plus its parser in build_parser();
-add `run`, `ls`, `stats`, `prune` the same way.
+Commands: `doctor` (what this host allows, and why not), `bench` (start-up benchmarks),
+`run` (a command in a container, its output, exit status and signals passed through),
+`export` (an OCI runtime bundle for the same options), `ls`, `stats` and `prune` (nsmagic's
+cgroups and bridges as the whole machine shows them). Each command is a
+`_cmd_NAME(args) -> exit code` function plus its parser in build_parser().
+
+Exit status of `run`: the command's own; 128+N when it was killed by signal N; 124 when
+--timeout killed it; 125 when the container could not be created; 2 for bad options (one line
+on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import json
+import os
+import selectors
+import shlex
+import signal
 import sys
+import threading
 from collections.abc import Sequence
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 PROG = "nsmagic"
 USAGE_ERROR = 2
+SETUP_FAILED = 125  # as docker run: the container could not be created
+TIMED_OUT = 124  # as timeout(1)
+# Signals the CLI passes on to the container (pid 1 forwards them to the command).
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,7 +82,156 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", type=_keys, metavar="KEYS",
                        help=f"comma-separated benchmarks to run, of: {keys}")
     bench.set_defaults(handler=_cmd_bench)
+
+    run = commands.add_parser(
+        "run", help="run a command in a container (exit status and signals passed through)",
+        usage=f"{PROG} run [options] -- COMMAND [ARG...]",
+        description="Run COMMAND in fresh namespaces with cgroup limits; its stdout and stderr "
+                    "pass through as bytes, its exit status is this command's (128+N when "
+                    "killed by signal N), and SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 "
+                    "sent to this process reach it.")
+    _container_options(run)
+    run.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+                     help="kill the container after this many seconds (exit status 124)")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="do not print nsmagic's own notes (warnings, OOM) on stderr")
+    run.add_argument("cmd_args", nargs=argparse.REMAINDER, metavar="COMMAND",
+                     help="the command and its arguments")
+    run.set_defaults(handler=_cmd_run)
+
+    export = commands.add_parser(
+        "export", help="write an OCI runtime bundle (runc) for the same options as run",
+        usage=f"{PROG} export --oci DIR [options] [-- COMMAND [ARG...]]",
+        description="Write DIR/config.json (OCI runtime spec 1.0.2), the root filesystem and "
+                    "a README saying how to `runc run` it.")
+    export.add_argument("--oci", required=True, metavar="DIR", help="the bundle directory")
+    export.add_argument("--host-root", choices=("bind", "busybox"), default="bind",
+                        help="without --rootfs: bind the host's / into rootfs/ with the "
+                             "bundle's prepare-rootfs.sh (default), or a busybox-static root")
+    export.add_argument("--copy-rootfs", action="store_true",
+                        help="copy the --rootfs directory into the bundle (default: refer "
+                             "to it)")
+    _container_options(export)
+    export.add_argument("cmd_args", nargs=argparse.REMAINDER, metavar="COMMAND",
+                        help="process.args (default /bin/sh)")
+    export.set_defaults(handler=_cmd_export)
+
+    ls = commands.add_parser(
+        "ls", help="nsmagic cgroups and bridges on this machine, their owners, alive or not",
+        description="What the whole machine shows (containers of `nsmagic run` end with it, "
+                    "so none persist): every cgroup named nsmagic-<owner pid>-<id> under the "
+                    "cgroup mounts this process sees, with its owner (the nsmagic process "
+                    "that made it: a kernel's fork server, or a `run`) and whether that "
+                    "owner is alive, and the nsmb<pid> bridges with theirs. Owners are pids "
+                    "of this pid namespace.")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ls.set_defaults(handler=_cmd_ls)
+
+    stats = commands.add_parser(
+        "stats", help="limits and usage of one nsmagic cgroup (see ls)",
+        description="NAME is a cgroup name as `ls` prints it (nsmagic-<pid>-<id>) or its "
+                    "<id> part (a container id, or a %%cgroup name) when only one group "
+                    "has it.")
+    stats.add_argument("name", metavar="NAME")
+    stats.add_argument("--json", action="store_true",
+                       help="one JSON object: name, owner_pid, owner_alive, driver, "
+                            "directories, pids, limits, stats")
+    stats.set_defaults(handler=_cmd_stats)
+
+    prune = commands.add_parser(
+        "prune", help="remove cgroups and bridges whose owner process is dead",
+        description="The runtime's prune (the groups under this process's cgroup and the "
+                    "bridges whose owner is dead), then every other nsmagic group on the "
+                    "machine whose owner is dead and that holds no process.")
+    prune.set_defaults(handler=_cmd_prune)
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def _container_options(parser: argparse.ArgumentParser) -> None:
+    """The options of %%container that make sense outside a notebook."""
+    parser.add_argument("--hostname", help="host name inside (UTS namespace)")
+    parser.add_argument("--name", help="a name for the container (its host name by default)")
+    for name in ("pid", "uts", "ipc", "net", "mount"):
+        parser.add_argument(f"--no-{name}", action="store_true",
+                            help=f"no {name.upper()} namespace of its own")
+    parser.add_argument("--no-cgroupns", action="store_true", help="no cgroup namespace")
+    parser.add_argument("--userns", action="store_true",
+                        help="map root inside to an unprivileged user outside (automatic "
+                             "when not root)")
+    parser.add_argument("--no-userns", action="store_true", help="no user namespace (root)")
+    parser.add_argument("--cpus", help="CPU quota in cores, e.g. 0.5")
+    parser.add_argument("--memory", help="memory limit, e.g. 256M, 1.5G or bytes")
+    parser.add_argument("--memory-swap", help="memory plus swap (as Docker's), -1: no limit")
+    parser.add_argument("--pids", help="most processes at once")
+    parser.add_argument("--cpu-weight", help="relative CPU weight 1-10000 (100: default)")
+    parser.add_argument("--cpuset", help="CPUs it may use, e.g. 0 or 0-1")
+    parser.add_argument("--net", metavar="MODE",
+                        help="none (own namespace, only lo; default), bridge, host or "
+                             "container:PID (join that process's network namespace)")
+    parser.add_argument("--read-only", action="store_true", help="the host root read-only")
+    parser.add_argument("--overlay", action="store_true",
+                        help="a writable root whose changes vanish with the container")
+    parser.add_argument("--rootfs", metavar="DIR", help="DIR as the container's root")
+    parser.add_argument("--volume", "-v", action="append", default=[],
+                        metavar="HOST:CONTAINER[:ro]", help="bind-mount a host path")
+    parser.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE",
+                        help="set an environment variable inside (repeatable)")
+
+
+def _spec_from(args: argparse.Namespace) -> Any:
+    """A ContainerSpec from the options; SpecError (one sentence) when they are wrong."""
+    from nsmagic.cgroups.limits import Limits
+    from nsmagic.errors import SpecError
+    from nsmagic.runtime.spec import DEFAULT_NAMESPACES, ContainerSpec
+
+    namespaces = set(DEFAULT_NAMESPACES)
+    for name in ("pid", "uts", "ipc", "net", "mount"):
+        if getattr(args, f"no_{name}"):
+            namespaces.discard(name)
+    if args.no_cgroupns:
+        namespaces.discard("cgroup")
+    if args.userns and args.no_userns:
+        raise SpecError("--userns and --no-userns contradict each other; give one.")
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--env takes KEY=VALUE, not {item!r}.")
+        env[key] = value
+    if args.net and args.net.startswith("container:") \
+            and not args.net.split(":", 1)[1].isdigit():
+        raise SpecError(f"--net {args.net}: outside a notebook, name the container by the "
+                        "pid of a process in it (container:PID).")
+    limits = Limits.parse(cpus=args.cpus, memory=args.memory, memory_swap=args.memory_swap,
+                          pids=args.pids, cpu_weight=args.cpu_weight, cpuset=args.cpuset)
+    return ContainerSpec.build(
+        namespaces=namespaces, userns=True if args.userns else (False if args.no_userns
+                                                                else None),
+        hostname=args.hostname, name=args.name, limits=limits, env=env, net=args.net,
+        read_only=args.read_only, overlay=args.overlay, rootfs=args.rootfs,
+        volumes=args.volume)
+
+
+def _command_of(args: argparse.Namespace) -> list[str]:
+    command = list(args.cmd_args)
+    if command and command[0] == "--":
+        command = command[1:]
+    return command
+
+
+def _usage_error(command: str, message: str) -> int:
+    print(f"{PROG} {command}: error: {message}", file=sys.stderr)
+    return USAGE_ERROR
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -86,10 +254,359 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                       markdown_path=args.markdown_path, only=args.only)
 
 
+# -- run -------------------------------------------------------------------------------------
+class _Passthrough:
+    """Copies the container's stdout and stderr to ours as bytes, and delivers the signals
+    that arrived before the container's pid 1 was known, on a thread of its own."""
+
+    def __init__(self, container: Any, pipes: dict[str, int]) -> None:
+        self.container = container
+        self.pipes = dict(pipes)
+        self.pending: list[int] = []
+        self.stop_read, self.stop_write = os.pipe2(os.O_CLOEXEC)
+        self.thread = threading.Thread(target=self._copy, name="nsmagic-run-io", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _copy(self) -> None:
+        targets = {self.pipes["stdout"]: 1, self.pipes["stderr"]: 2}
+        selector = selectors.DefaultSelector()
+        for fd in targets:
+            selector.register(fd, selectors.EVENT_READ)
+        selector.register(self.stop_read, selectors.EVENT_READ)
+        try:
+            while len(selector.get_map()) > 1:
+                for key, _ in selector.select(0.05):
+                    if key.fd == self.stop_read:
+                        return
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        selector.unregister(key.fd)
+                        continue
+                    if not self._write(targets[key.fd], data):
+                        # Our reader went away (`| head`): close the pipe, so the command
+                        # gets SIGPIPE/EPIPE as it would writing there directly.
+                        selector.unregister(key.fd)
+                        os.close(key.fd)
+                        self.pipes = {k: v for k, v in self.pipes.items() if v != key.fd}
+                self._deliver_pending()
+        finally:
+            selector.close()
+
+    @staticmethod
+    def _write(fd: int, data: bytes) -> bool:
+        """Write all of data; False when the reader of fd is gone (EPIPE)."""
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(fd, view)
+            except InterruptedError:
+                continue
+            except OSError as error:
+                if error.errno == errno.EPIPE:
+                    return False
+                raise
+            view = view[written:]
+        return True
+
+    def _deliver_pending(self) -> None:
+        while self.pending and self.container.result.pid is not None:
+            try:
+                self.container.send_signal(self.pending.pop(0))
+            except OSError:
+                return
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        """Signal handler: pass it on now, or once pid 1 is known."""
+        if self.container.result.pid is not None:
+            self.container.send_signal(signum)
+        else:
+            self.pending.append(signum)
+
+    def finish(self, wait_s: float) -> None:
+        """Wait for the output to end (a stray writer may hold a pipe), then release."""
+        self.thread.join(wait_s)
+        if self.thread.is_alive():
+            os.write(self.stop_write, b"x")
+            self.thread.join()
+        for fd in (*self.pipes.values(), self.stop_read, self.stop_write):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from nsmagic.errors import ContainerSetupError, SpecError
+    from nsmagic.runtime.container import Container
+
+    command = _command_of(args)
+    if not command:
+        return _usage_error("run", "give the command to run after --, e.g. "
+                                   f"{PROG} run -- sh -c 'echo hi'")
+    try:
+        spec = _spec_from(args)
+    except SpecError as error:
+        return _usage_error("run", str(error))
+    container = Container(spec)
+    previous = {}
+    passthrough = None
+    try:
+        try:
+            # exec: the command itself is the container's main process, so its exit status
+            # and the signals pid 1 forwards are its own, not a shell's.
+            container.start("exec " + shlex.join(command), kind="shell")
+        except SpecError as error:
+            return _usage_error("run", str(error))
+        # Raw bytes: take the output pipes from the Container, which would decode them.
+        passthrough = _Passthrough(container, container._pipes)
+        container._pipes = {}
+        for signum in FORWARDED_SIGNALS:
+            previous[signum] = signal.signal(signum, passthrough.on_signal)
+        passthrough.start()
+        try:
+            result = container.wait(timeout=args.timeout)
+        except TimeoutError:
+            passthrough.finish(1.0)
+            passthrough = None
+            print(f"{PROG} run: still running after {args.timeout:g} s: killed",
+                  file=sys.stderr)
+            return TIMED_OUT
+    except ContainerSetupError as error:
+        print(f"{PROG} run: {error}", file=sys.stderr)
+        return SETUP_FAILED
+    finally:
+        if passthrough is not None:
+            passthrough.finish(1.0)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        container.close()
+    if not args.quiet:
+        for warning in result.warnings:
+            print(f"{PROG}: {warning}", file=sys.stderr)
+        if result.oom is not None:
+            print(f"{PROG}: {result.oom['text']}", file=sys.stderr)
+    if result.signal is not None:
+        return 128 + result.signal
+    return result.exit_code if result.exit_code is not None else SETUP_FAILED
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from nsmagic import oci
+    from nsmagic.errors import SpecError
+
+    try:
+        spec = _spec_from(args)
+        bundle = oci.write_bundle(spec, args.oci, _command_of(args) or None,
+                                  host_root=args.host_root, copy_rootfs=args.copy_rootfs)
+    except SpecError as error:
+        return _usage_error("export", str(error))
+    print(f"wrote an OCI bundle to {bundle.path} (see its README.md)")
+    for note in bundle.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+# -- ls, stats, prune ----------------------------------------------------------------------------
+class _Group:
+    """One nsmagic cgroup found on the machine, in one or more hierarchies."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.v1: dict[str, Path] = {}
+        self.v2: Path | None = None
+
+    @property
+    def owner(self) -> int:
+        from nsmagic.cgroups._fs import owner_of
+
+        return owner_of(self.name) or 0
+
+    @property
+    def owner_alive(self) -> bool:
+        from nsmagic.cgroups._fs import pid_alive
+
+        return pid_alive(self.owner)
+
+    def cgroup(self) -> Any:
+        if self.v2 is not None:
+            from nsmagic.cgroups.v2 import V2Cgroup
+
+            return V2Cgroup(self.v2)
+        from nsmagic.cgroups.v1 import V1Cgroup
+
+        return V1Cgroup(self.v1)
+
+    @property
+    def driver(self) -> str:
+        return "v2" if self.v2 is not None else "v1"
+
+    def directories(self) -> list[str]:
+        return [str(self.v2)] if self.v2 is not None else sorted({str(p) for p in
+                                                                  self.v1.values()})
+
+
+def _machine_groups(max_depth: int = 8) -> dict[str, _Group]:
+    """Every directory named nsmagic-<pid>-<id> under the cgroup mounts this process sees."""
+    from nsmagic.cgroups import _fs
+
+    groups: dict[str, _Group] = {}
+    try:
+        mounts = _fs.cgroup_mounts()
+    except OSError:
+        return groups
+    for mount in mounts:
+        top = str(mount.mountpoint)
+        for root, dirs, _ in os.walk(top):
+            for name in dirs:
+                if _fs.owner_of(name) is None:
+                    continue
+                group = groups.setdefault(name, _Group(name))
+                path = Path(root) / name
+                if mount.fstype == "cgroup2":
+                    group.v2 = path
+                else:
+                    for controller in mount.controllers:
+                        group.v1.setdefault(controller, path)
+            dirs[:] = [d for d in dirs if _fs.owner_of(d) is None]
+            if root[len(top):].count("/") >= max_depth:
+                dirs.clear()
+    return {name: g for name, g in groups.items() if g.v2 is not None or g.v1}
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "-"
+
+
+def _bridges() -> tuple[list[dict[str, Any]], str | None]:
+    from nsmagic.cgroups._fs import pid_alive
+
+    try:
+        from nsmagic.isolation import network
+
+        links = network.our_links()
+    except Exception as error:  # noqa: BLE001 - no netlink access here: say so
+        return [], f"network links not listed: {error}"
+    found = []
+    for name in links:
+        if name.startswith(network.BRIDGE_PREFIX):
+            owner = name[len(network.BRIDGE_PREFIX):]
+            pid = int(owner) if owner.isdigit() else None
+            found.append({"name": name, "owner_pid": pid,
+                          "owner_alive": pid is not None and pid_alive(pid)})
+    return found, None
+
+
+def _group_summary(group: _Group) -> dict[str, Any]:
+    cgroup = group.cgroup()
+    try:
+        pids = cgroup.pids()
+        stats = cgroup.stats().as_dict()
+        limits = cgroup.limits()
+    except OSError:
+        pids, stats, limits = [], {}, None
+    from dataclasses import asdict
+
+    return {
+        "name": group.name, "owner_pid": group.owner, "owner_alive": group.owner_alive,
+        "owner_command": _comm(group.owner) if group.owner_alive else None,
+        "driver": group.driver, "directories": group.directories(), "pids": pids,
+        "limits": asdict(limits) if limits is not None else None,
+        "limits_text": limits.describe() if limits is not None else "-",
+        "stats": stats,
+    }
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from nsmagic.cgroups.limits import format_size
+    from nsmagic.runtime.listing import Table
+
+    groups = [_group_summary(g) for _, g in sorted(_machine_groups().items())]
+    bridges, bridge_note = _bridges()
+    if args.json:
+        print(json.dumps({"cgroups": groups, "bridges": bridges, "notes": [
+            n for n in (bridge_note,) if n]}, indent=2))
+        return 0
+    print("nsmagic cgroups on this machine (containers of `nsmagic run` end with it; owners "
+          "are pids of this pid namespace):")
+    rows = []
+    for g in groups:
+        memory = g["stats"].get("memory_current")
+        owner = (f"{g['owner_pid']} ({g['owner_command']})" if g["owner_alive"]
+                 else f"{g['owner_pid']} (dead)")
+        rows.append([g["name"], owner, str(len(g["pids"])),
+                     format_size(memory) if memory is not None else "-", g["limits_text"],
+                     g["driver"]])
+    table = Table(["cgroup", "owner", "procs", "memory", "limits", "driver"], rows)
+    print(table.text() if rows else "  none")
+    print("nsmagic bridges:")
+    if bridge_note:
+        print(f"  {bridge_note}")
+    elif bridges:
+        print(Table(["bridge", "owner", "alive"],
+                    [[b["name"], str(b["owner_pid"]), "yes" if b["owner_alive"] else "no"]
+                     for b in bridges]).text())
+    else:
+        print("  none")
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from nsmagic.runtime.listing import Table, _format
+
+    groups = _machine_groups()
+    matches = [g for name, g in groups.items()
+               if name == args.name or name.split("-", 2)[2] == args.name]
+    if len(matches) != 1:
+        why = "no nsmagic cgroup" if not matches else f"{len(matches)} nsmagic cgroups"
+        known = ", ".join(sorted(groups)) or "none"
+        print(f"{PROG} stats: {why} named {args.name!r} on this machine (there are: {known})",
+              file=sys.stderr)
+        return 1
+    summary = _group_summary(matches[0])
+    if args.json:
+        summary.pop("limits_text")
+        print(json.dumps(summary, indent=2))
+        return 0
+    rows = [["owner", f"{summary['owner_pid']} ({'alive' if summary['owner_alive'] else 'dead'})"],
+            ["limits", summary["limits_text"]], ["processes", str(len(summary["pids"]))]]
+    rows += [[key, _format(key, value)] for key, value in summary["stats"].items()
+             if value not in (None, {}) and key != "timestamp"]
+    print(Table(["figure", summary["name"]], rows).text())
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from nsmagic.runtime.listing import prune
+    from nsmagic.runtime.named import MANAGER
+
+    lines = [line for line in prune(MANAGER) if line != "nothing to prune"]
+    for group in _machine_groups().values():
+        if group.owner_alive:
+            continue
+        cgroup = group.cgroup()
+        if cgroup.pids():
+            lines.append(f"kept {group.name}: its owner {group.owner} is dead here, but "
+                         f"{len(cgroup.pids())} processes are inside (another pid namespace's?)")
+            continue
+        try:
+            cgroup.remove()
+            lines.append(f"removed orphaned cgroup {group.name}")
+        except OSError as error:
+            lines.append(f"cgroup {group.name} not removed: {error}")
+    print("\n".join(lines or ["nothing to prune"]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `nsmagic` and `python -m nsmagic`; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.error("choose a command: doctor or bench")
+        parser.error("choose a command: doctor, bench, run, export, ls, stats or prune")
     return args.handler(args)

@@ -98,6 +98,9 @@ class ContainerMagics(Magics):
     @argument("-o", "--output-result", action="store_true",
               help="return the ContainerResult (like %%timeit -o)")
     @argument("-q", "--quiet", action="store_true", help="do not print nsmagic's own notes")
+    @argument("--export-oci", metavar="DIR",
+              help="also write an OCI runtime bundle of this cell's container to DIR "
+                   "(see nsmagic.oci), then run the cell as usual")
     @cell_magic
     def container(self, line: str, cell: str) -> ContainerResult | None:
         """Run the cell in fresh Linux namespaces with cgroup limits, streaming its output.
@@ -116,8 +119,13 @@ class ContainerMagics(Magics):
         inputs = self._inputs(args.inputs)
         outputs = _names(args.outputs, "--out")
         if name is not None:
+            if args.export_oci:
+                raise UsageError("--export-oci exports a new container's spec; for a named "
+                                 f"one use %container export {name} --oci DIR.")
             return self._exec_in_named(name, args, cell, kind, inputs, outputs)
         spec, notes = self._spec_from(args)
+        if args.export_oci:
+            self._export_oci(spec, args.export_oci, cell, kind, shell, args.quiet)
         report = _probe_quietly()
         if report is not None and report.tier == "none":
             raise UsageError(
@@ -406,6 +414,37 @@ class ContainerMagics(Magics):
 
         for line in prune(MANAGER):
             print(line)
+
+    def _container_export(self, rest: list[str], text: str) -> None:
+        """%container export NAME --oci DIR [--host-root bind|busybox]: an OCI bundle."""
+        usage = "usage: %container export NAME --oci DIR [--host-root bind|busybox]"
+        if len(rest) not in (3, 5) or rest[1] != "--oci" or (
+                len(rest) == 5 and rest[3] != "--host-root"):
+            raise UsageError(usage)
+        host_root = rest[4] if len(rest) == 5 else "bind"
+        self._export_oci(MANAGER.get(rest[0]).spec, rest[2], None, "agent", "", False,
+                         host_root)
+
+    @staticmethod
+    def _export_oci(spec: ContainerSpec, directory: str, cell: str | None, kind: str,
+                    shell: str, quiet: bool, host_root: str = "bind") -> None:
+        from nsmagic import oci
+
+        if cell is None:
+            command = None  # a named container's main process is nsmagic's agent: a shell
+        elif kind == "shell":
+            command = [shell, "-c", cell]
+        else:
+            command = [sys.executable, "-c", cell]
+        try:
+            bundle = oci.write_bundle(spec, directory, command, host_root=host_root)
+        except (SpecError, OSError) as error:
+            raise UsageError(f"OCI export: {error}") from None
+        if not quiet:
+            print(f"nsmagic: wrote an OCI bundle to {bundle.path} (see its README.md)",
+                  file=sys.stderr)
+            for note in bundle.notes:
+                print(f"nsmagic: OCI bundle: {note}", file=sys.stderr)
 
     def _container_dashboard(self, rest: list[str], text: str) -> Any:
         from nsmagic.widgets import show_dashboard
