@@ -143,6 +143,11 @@ def config_for(spec: ContainerSpec, args: list[str] | None = None, root_path: st
     }
     if "uts" in namespaces:
         config["hostname"] = spec.effective_hostname
+    if "user" in namespaces:
+        notes.append(f"user namespace: root inside is uid {linux['uidMappings'][0]['hostID']} "
+                     "outside, so the root directory and every directory above it must be "
+                     "searchable by that uid (a bundle under a 0700 directory fails with "
+                     "'permission denied').")
     if "mount" not in namespaces:
         notes.append("the spec has no mount namespace: the config lists none, but runc "
                      "always needs one (it refuses to run this bundle).")
