@@ -237,9 +237,10 @@ class Dashboard:
             return png
 
     def _table_html(self, series: list[ContainerSeries]) -> str:
-        head = ("<tr><th></th><th>container</th><th>state</th><th>CPU % core</th>"
-                "<th>% of limit</th><th>memory</th><th>peak</th><th>limit</th>"
-                "<th>throttled</th><th>OOM kills</th></tr>")
+        head = "<tr>" + "".join(
+            f'<th style="padding:1px 8px">{h}</th>' for h in (
+                "", "container", "state", "CPU % core", "% of limit", "memory", "peak",
+                "limit", "throttled", "OOM kills")) + "</tr>"
         rows = []
         for item in series:
             colour = self._colours.get(item.container_id, "#777")
@@ -256,7 +257,8 @@ class Dashboard:
                 _size(current), _size(peak), _size(item.memory_limit),
                 str(throttled), str(kills),
             ]
-            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            rows.append("<tr>" + "".join(f'<td style="padding:1px 8px">{c}</td>'
+                                         for c in cells) + "</tr>")
         if not rows:
             rows.append('<tr><td colspan="10"><i>no container yet: start one with '
                         "%%container or nsmagic.run()</i></td></tr>")

@@ -34,12 +34,28 @@ for w in workers:
     w.join()
 time.sleep({linger})
 print({{k: r.describe() for k, r in sorted(results.items())}})
+open("container.pids", "w").write(" ".join(str(r.pid) for r in results.values()))
 """
 
 STOP = """\
 dash.stop()
 print("frames", dash.frames)
 """
+
+
+def gone(pid: int) -> bool:
+    """True when no live process has this pid (zombies count as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def containers_gone(folder) -> bool:  # noqa: ANN001 - a pathlib.Path
+    """The containers' pid 1s the notebook wrote to folder/container.pids have all ended."""
+    pids = [int(p) for p in (folder / "container.pids").read_text().split()]
+    return bool(pids) and all(gone(pid) for pid in pids)
 
 
 def dashboard_notebook(seconds: float = 4.0, fps: float = 4.0, linger: float = 1.0,

@@ -9,8 +9,8 @@ import base64
 import nbformat
 from nbclient import NotebookClient
 
-from ..conftest import running_containers, wait_until
-from .notebook import dashboard_notebook
+from ..conftest import wait_until
+from .notebook import containers_gone, dashboard_notebook
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -53,4 +53,4 @@ def test_notebook_with_a_dashboard_saves_frames_and_a_static_png(tmp_path):
     png = base64.b64decode(statics[0]["data"]["image/png"])
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
     assert "quota-0.25" in statics[0]["data"]["text/plain"]
-    assert wait_until(lambda: not running_containers(), 5), running_containers()
+    assert wait_until(lambda: containers_gone(tmp_path), 5)
