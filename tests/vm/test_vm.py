@@ -176,7 +176,8 @@ def test_v2_guest_returns_stderr_status_and_environment(v2_guest: None) -> None:
 
 def test_cgroup_v2_suite_passes_in_a_real_v2_kernel(v2_guest: None) -> None:
     argv = [str(PYTHON), "-m", "pytest", "-m", "cgroup_v2", "-p", "no:cacheprovider", "-q"]
-    argv.append(str(REPO / "tests" / "cgroups"))
+    argv += [str(REPO / "tests" / "cgroups"),
+             str(REPO / "tests" / "runtime" / "test_limits_on_any_cgroup_version.py")]
     started = time.monotonic()
     result = run_in_v2_guest(argv, cwd=REPO, timeout=PYTEST_TIMEOUT)
     elapsed = time.monotonic() - started
