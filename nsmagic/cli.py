@@ -259,14 +259,15 @@ class _Passthrough:
     """Copies the container's stdout and stderr to ours as bytes, and delivers the signals
     that arrived before the container's pid 1 was known, on a thread of its own."""
 
-    def __init__(self, container: Any, pipes: dict[str, int]) -> None:
+    def __init__(self, container: Any) -> None:
         self.container = container
-        self.pipes = dict(pipes)
+        self.pipes: dict[str, int] = {}
         self.pending: list[int] = []
         self.stop_read, self.stop_write = os.pipe2(os.O_CLOEXEC)
         self.thread = threading.Thread(target=self._copy, name="nsmagic-run-io", daemon=True)
 
-    def start(self) -> None:
+    def start(self, pipes: dict[str, int]) -> None:
+        self.pipes = dict(pipes)
         self.thread.start()
 
     def _copy(self) -> None:
@@ -311,7 +312,7 @@ class _Passthrough:
         return True
 
     def _deliver_pending(self) -> None:
-        while self.pending and self.container.result.pid is not None:
+        while self.pending and self.container._pidfd is not None:
             try:
                 self.container.send_signal(self.pending.pop(0))
             except OSError:
@@ -319,14 +320,15 @@ class _Passthrough:
 
     def on_signal(self, signum: int, frame: object) -> None:
         """Signal handler: pass it on now, or once pid 1 is known."""
-        if self.container.result.pid is not None:
+        if self.container._pidfd is not None:
             self.container.send_signal(signum)
         else:
             self.pending.append(signum)
 
     def finish(self, wait_s: float) -> None:
         """Wait for the output to end (a stray writer may hold a pipe), then release."""
-        self.thread.join(wait_s)
+        if self.thread.ident is not None:
+            self.thread.join(wait_s)
         if self.thread.is_alive():
             os.write(self.stop_write, b"x")
             self.thread.join()
@@ -350,8 +352,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except SpecError as error:
         return _usage_error("run", str(error))
     container = Container(spec)
-    previous = {}
-    passthrough = None
+    passthrough = _Passthrough(container)
+    # From here on a signal is passed on (or kept until the container runs), never raised.
+    previous = {signum: signal.signal(signum, passthrough.on_signal)
+                for signum in FORWARDED_SIGNALS}
     try:
         try:
             # exec: the command itself is the container's main process, so its exit status
@@ -360,11 +364,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except SpecError as error:
             return _usage_error("run", str(error))
         # Raw bytes: take the output pipes from the Container, which would decode them.
-        passthrough = _Passthrough(container, container._pipes)
+        passthrough.start(container._pipes)
         container._pipes = {}
-        for signum in FORWARDED_SIGNALS:
-            previous[signum] = signal.signal(signum, passthrough.on_signal)
-        passthrough.start()
         try:
             result = container.wait(timeout=args.timeout)
         except TimeoutError:
