@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nsmagic import stats
 from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import CapabilityError, ContainerSetupError, NsmagicError, SpecError
 from nsmagic.runtime.container import Container, ContainerResult, run
@@ -11,7 +12,7 @@ from nsmagic.runtime.spec import ContainerSpec
 
 __version__ = "0.1.0"
 __all__ = ["CapabilityError", "Container", "ContainerResult", "ContainerSetupError",
-           "ContainerSpec", "Limits", "NsmagicError", "SpecError", "run",
+           "ContainerSpec", "Limits", "NsmagicError", "SpecError", "run", "stats",
            "load_ipython_extension", "unload_ipython_extension"]
 
 

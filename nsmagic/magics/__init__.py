@@ -36,6 +36,9 @@ def unload(ipython: Any) -> None:
             for name in names:
                 table[kind].pop(name, None)
         ipython.magics_manager.registry.pop(type(magics).__name__, None)
+    from nsmagic.magics.dashboard import shutdown
+
+    shutdown()
     close_default_launcher()
 
 

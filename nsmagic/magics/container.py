@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from dataclasses import replace
@@ -87,6 +88,8 @@ class ContainerMagics(Magics):
     @argument("--privileged", action="store_true",
               help="keep every capability and allow privilege gains (NOT isolated from the "
                    "host kernel's administration: use only when you mean it)")
+    @argument("--plot", action="store_true",
+              help="live CPU/memory plot of this container under the cell while it runs")
     @argument("--bg", action="store_true",
               help="return at once; output goes to the container's log and this cell")
     @argument("--name", help="name of a --bg run, for %%container logs/wait/stop")
@@ -148,8 +151,9 @@ class ContainerMagics(Magics):
                                 **source_options)
             except SpecError as error:
                 raise UsageError(str(error)) from None
-            result = container.wait(on_stdout=_write_stdout, on_stderr=_write_stderr,
-                                    timeout=args.timeout)
+            with _live_plot(container.spec.container_id, args.plot):
+                result = container.wait(on_stdout=_write_stdout, on_stderr=_write_stderr,
+                                        timeout=args.timeout)
         except ContainerSetupError as error:
             raise ContainerError(str(error)) from None
         except TimeoutError as error:
@@ -446,10 +450,10 @@ class ContainerMagics(Magics):
             for note in bundle.notes:
                 print(f"nsmagic: OCI bundle: {note}", file=sys.stderr)
 
-    def _container_dashboard(self, rest: list[str], text: str) -> Any:
+    def _container_dashboard(self, rest: list[str], text: str) -> None:
         from nsmagic.widgets import show_dashboard
 
-        return show_dashboard()
+        show_dashboard(rest or None)
 
     def close(self) -> None:
         """The extension unloads: end this kernel's named containers."""
@@ -527,6 +531,14 @@ def show_live_output(managed: ManagedContainer) -> None:
     display(area)
     managed.follow(lambda stream, text: (area.append_stdout if stream == "stdout"
                                          else area.append_stderr)(text), replay=True)
+
+
+def _live_plot(container_id: str, wanted: bool) -> Any:
+    if not wanted:
+        return contextlib.nullcontext()
+    from nsmagic.widgets import live_plot  # matplotlib loads only when a plot is asked for
+
+    return live_plot(container_id)
 
 
 def _limits_in_force(spec: ContainerSpec) -> Limits:
