@@ -86,6 +86,24 @@ cells = [
         "      f'median fresh Python: {sorted(python_ms)[5]:.1f} ms')"
     ),
     new_markdown_cell(
+        "## Limits you can watch\nA control group caps what the container may use. Here "
+        "half a core and 128 MiB: the plot under the cell is drawn while it runs, and stays "
+        "as a picture when it ends."
+    ),
+    new_code_cell("%%container --plot --cpus 0.5 --memory 128M\n"
+                  "import time\nblocks = []\nstarted = time.time()\n"
+                  "while time.time() - started < 4:\n"
+                  "    blocks.append(bytearray(2 << 20))  # 2 MiB more every pass\n"
+                  "    spin = time.time()\n"
+                  "    while time.time() - spin < 0.1:\n        pass\n"
+                  "print(f'kept {len(blocks) * 2} MiB')"),
+    new_markdown_cell(
+        "## A container next to a virtual machine\nA VM boots a whole kernel. Measured here, "
+        "on this machine, in the same run (when qemu is missing, nsmagic shows published "
+        "figures instead and says so):"
+    ),
+    new_code_cell("%vm_baseline --runs 1"),
+    new_markdown_cell(
         "## What next\nThe course notebooks in this folder go through each namespace in turn, "
         "then control groups (CPU, memory, process limits), and then compare containers with a "
         "virtual machine measured on this same host."
