@@ -186,6 +186,9 @@ def _container_options(parser: argparse.ArgumentParser) -> None:
                         metavar="HOST:CONTAINER[:ro]", help="bind-mount a host path")
     parser.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE",
                         help="set an environment variable inside (repeatable)")
+    parser.add_argument("--privileged", action="store_true",
+                        help="keep every capability and allow privilege gains (NOT isolated "
+                             "from the host kernel's administration)")
 
 
 def _spec_from(args: argparse.Namespace) -> Any:
@@ -219,7 +222,7 @@ def _spec_from(args: argparse.Namespace) -> Any:
                                                                 else None),
         hostname=args.hostname, name=args.name, limits=limits, env=env, net=args.net,
         read_only=args.read_only, overlay=args.overlay, rootfs=args.rootfs,
-        volumes=args.volume)
+        volumes=args.volume, privileged=args.privileged)
 
 
 def _command_of(args: argparse.Namespace) -> list[str]:

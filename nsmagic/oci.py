@@ -49,6 +49,18 @@ DOCKER_CAPABILITIES = (
     "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 )
+# Every capability by number (linux/capability.h), for --privileged.
+ALL_CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
 ROOTFS_DIR = "rootfs"
 
 # What the export does with each part of a spec: (nsmagic, OCI config.json, note).
@@ -88,6 +100,7 @@ MAPPING = (
      "OCI has no 'use the host root'"),
     ("security", "noNewPrivileges, Docker's default capabilities, devices deny-all",
      "runc allows its default device list"),
+    ("--privileged", "every capability, noNewPrivileges false", ""),
     ("process", "args (the command), env, cwd, uid 0, terminal false", ""),
     ("--timeout", "not in OCI", "use `timeout` around `runc run`"),
 )
@@ -117,6 +130,12 @@ def config_for(spec: ContainerSpec, args: list[str] | None = None, root_path: st
                          for kind in ("bounding", "effective", "permitted")},
         "noNewPrivileges": True,
     }
+    if getattr(spec, "privileged", False):
+        process["capabilities"] = {kind: list(ALL_CAPABILITIES)
+                                   for kind in ("bounding", "effective", "permitted")}
+        process["noNewPrivileges"] = False
+        notes.append("--privileged: every capability and no noNewPrivileges, as nsmagic "
+                     "(runc warns about capabilities its version does not know).")
     if not any(e.startswith("PATH=") for e in process["env"]):
         process["env"].insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
                                  "/sbin:/bin")

@@ -124,6 +124,14 @@ def test_filesystem_modes_map_to_mounts_and_root(tmp_path):
     assert no_mount["mounts"] == [] and any("mount namespace" in n for n in notes)
 
 
+def test_privileged_keeps_every_capability_and_privilege_gains():
+    config, notes = oci.config_for(build(privileged=True))
+    assert config["process"]["noNewPrivileges"] is False
+    assert "CAP_SYS_ADMIN" in config["process"]["capabilities"]["bounding"]
+    assert any("--privileged" in n for n in notes)
+    oci.validate(config)
+
+
 # -- schema ------------------------------------------------------------------------------------
 def test_the_schema_files_ship_with_their_licence():
     names = {p.name for p in oci.SCHEMA_DIR.iterdir()}
