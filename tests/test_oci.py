@@ -279,6 +279,23 @@ def test_nsmagic_and_runc_agree_on_hostname_limits_and_namespaces(tmp_path):
 
 
 @needs_runc
+@pytest.mark.parametrize("privileged", [False, True], ids=["default", "privileged"])
+def test_nsmagic_and_runc_give_the_same_capabilities(tmp_path, privileged):
+    spec = ContainerSpec.build(privileged=privileged)
+    script = "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status"
+    result = Container(spec).run(script, kind="shell")
+    assert result.exit_code == 0, result.stderr
+    bundle = oci.export(spec, tmp_path / "b", ["/bin/sh", "-c", script], host_root="busybox")
+    completed = run_runc(bundle)
+    assert completed.returncode == 0, completed.stderr
+    ours = dict(line.split(":") for line in result.stdout.splitlines())
+    theirs = dict(line.split(":") for line in completed.stdout.splitlines())
+    assert ours["CapEff"].strip() == theirs["CapEff"].strip()
+    assert ours["CapBnd"].strip() == theirs["CapBnd"].strip()
+    assert theirs["NoNewPrivs"].strip() == ("0" if privileged else "1")
+
+
+@needs_runc
 def test_exit_status_comes_through_runc(tmp_path):
     bundle = oci.export(build(), tmp_path / "b", ["/bin/sh", "-c", "exit 7"],
                         host_root="busybox")
