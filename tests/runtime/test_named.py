@@ -168,3 +168,27 @@ def test_exec_into_a_running_container_is_a_message_not_a_start(manager):
     began = time.perf_counter()
     box.exec("pass")
     assert time.perf_counter() - began < 5  # sanity only: speed lives in the benchmark
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="veth pairs on the host need root")
+def test_a_start_that_fails_half_way_leaves_no_veth_and_no_cgroup(manager, tmp_path):
+    # The veth pair and the cgroup exist before the mount step inside fails (the volume's
+    # container path does not exist), so the failure path must remove them.
+    before = set(network.our_links())
+    spec = ContainerSpec.build(net="bridge", limits=nsmagic.Limits.parse(memory="64M"),
+                               volumes=[f"{tmp_path}:/no/such/place"])
+    with pytest.raises(nsmagic.ContainerSetupError, match="/no/such/place"):
+        manager.start("halfway", spec)
+    assert "halfway" not in manager.names()
+    assert wait_until(lambda: not [n for n in set(network.our_links()) - before
+                                   if n.startswith(network.VETH_PREFIX)], 5)
+    assert wait_until(lambda: not _cgroup_dirs_named(spec.container_id), 5)
+
+
+def _cgroup_dirs_named(container_id: str) -> list[str]:
+    found = []
+    for root, dirs, _ in os.walk("/sys/fs/cgroup"):
+        found += [d for d in dirs if d.endswith(container_id)]
+        if root.count("/") > 6:
+            dirs.clear()
+    return found
