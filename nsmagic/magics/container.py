@@ -319,17 +319,18 @@ class ContainerMagics(Magics):
         %container rm [-f] NAME           forget it (-f: kill it first)
         %container prune                  remove ended containers and every leftover kernel
                                           resource of nsmagic, including a dead kernel's
+        %container export NAME --oci DIR  write an OCI runtime bundle (runc run) of it
         %container dashboard              live CPU and memory plots of every container
         """
         words = shlex.split(line)
         if not words:
             raise UsageError("%container needs a subcommand: start, ls, logs, stats, wait, "
-                             "stop, rm, prune or dashboard (see %container?).")
+                             "stop, rm, prune, export or dashboard (see %container?).")
         command, rest = words[0], words[1:]
         handler = getattr(self, f"_container_{command}", None)
         if handler is None:
             raise UsageError(f"%container does not know {command!r}: use start, ls, logs, "
-                             "stats, wait, stop, rm, prune or dashboard.")
+                             "stats, wait, stop, rm, prune, export or dashboard.")
         try:
             return handler(rest, line.split(None, 1)[1] if len(words) > 1 else "")
         except SpecError as error:
@@ -345,7 +346,8 @@ class ContainerMagics(Magics):
             raise UsageError("usage: %container start NAME [options]; the name comes first.")
         name, options = rest[0], text.split(None, 1)[1] if len(text.split(None, 1)) > 1 else ""
         args = self._parse(self.container, options)
-        if args.command or args.shell or args.bg or args.inputs or args.outputs:
+        if (args.command or args.shell or args.bg or args.inputs or args.outputs
+                or args.export_oci):
             raise UsageError("%container start takes container options only (limits, "
                              "namespaces, --net, filesystems); cells go to %%container NAME.")
         if name in SHELLS:
