@@ -46,18 +46,33 @@ def our_processes() -> list[str]:
     return found
 
 
+def _own_cgroup_bases() -> list[str]:
+    """Where nsmagic creates groups for processes of this session: under our own cgroup in
+    each hierarchy (other sessions on a shared machine sit in other cgroups)."""
+    bases = []
+    with open("/proc/self/cgroup") as handle:
+        for line in handle:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for name in controllers.split(",") if controllers else ["unified", ""]:
+                for candidate in (f"/sys/fs/cgroup/{name}{path}", f"/sys/fs/cgroup{path}"):
+                    if os.path.isdir(candidate):
+                        bases.append(candidate.rstrip("/"))
+    return sorted(set(bases))
+
+
 def our_cgroups() -> set[str]:
-    """nsmagic cgroups on the machine whose owner is this session's or no longer alive."""
+    """nsmagic cgroups under our own cgroups whose owner is this session's or dead."""
     found = set()
-    for root, dirs, _ in os.walk("/sys/fs/cgroup"):
-        for name in dirs:
-            if name.startswith("nsmagic-"):
+    for base in _own_cgroup_bases():
+        try:
+            names = os.listdir(base)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith("nsmagic-") and os.path.isdir(os.path.join(base, name)):
                 owner = name.split("-")[1]
                 if not os.path.exists(f"/proc/{owner}") or _from_this_session(owner):
-                    found.add(os.path.join(root, name))
-        dirs[:] = [d for d in dirs if not d.startswith("nsmagic-")]
-        if root.count("/") >= 6:
-            dirs.clear()
+                    found.add(os.path.join(base, name))
     return found
 
 

@@ -72,7 +72,7 @@ def test_out_of_memory_fails_the_cell_with_one_line(ipython_shell, capsys):
 @requires_root
 def test_a_child_killed_by_oom_is_still_reported(ipython_shell, capsys):
     cell = ("import subprocess, sys\n"
-            "child = subprocess.run([sys.executable, '-c', \"b = b'x' * (200 << 20)\"])\n"
+            "child = subprocess.run(['/usr/bin/python3', '-c', \"b = b'x' * (200 << 20)\"])\n"
             "print('child', child.returncode)\n")
     ipython_shell.run_cell_magic("container", "--memory 64M --memory-swap 64M", cell)
     out = shown(capsys)
