@@ -269,9 +269,16 @@ host_pid = MANAGER.get('box').result.pid
 status = dict(line.split(':', 1) for line in open(f'/proc/{host_pid}/status'))
 print('host pid of the container\\'s pid 1:', host_pid)
 print('NSpid (host, container):', status['NSpid'].split())
-print('its uts link:', os.readlink(f'/proc/{host_pid}/ns/uts'), '- ours:', outside_ns['uts'])
+try:
+    print('its uts link:', os.readlink(f'/proc/{host_pid}/ns/uts'), '- ours:', outside_ns['uts'])
+except PermissionError:
+    print('its uts link: «denied»')
 %container rm -f box
-''', what=("With namespaces, the container's pid 1 has a host pid too; NSpid shows both "
+''', denied=("not readable by this unprivileged notebook (the kernel lets only processes "
+                   "with rights over a process read its namespace links)",
+                   "este notebook sin privilegios no puede leerlo (el kernel solo deja leer los "
+                   "enlaces de namespace a quien tiene derechos sobre el proceso)"),
+            what=("With namespaces, the container's pid 1 has a host pid too; NSpid shows both "
            "numbers, e.g. ['23456', '1'].",
            "Con namespaces, el pid 1 del contenedor también tiene un pid del host; NSpid "
            "muestra los dos números, p. ej. ['23456', '1']."),
@@ -1032,7 +1039,7 @@ número de procesos del grupo (`pids.max`): entonces `fork()` falla con `EAGAIN`
 hijos, por si ningún límite actúa.
 '''),
         Code('''
-%%when ISOLATED -- «what»
+%%when LIMITS -- «what»
 %%container --pids 32 --no-raise
 import os, time
 children = 0
@@ -1045,10 +1052,12 @@ try:
     print('no limit stopped it: 200 children started')
 except OSError as error:
     print(f'fork refused after {children} children: {type(error).__name__}: {error.strerror}')
-''', what=("Under --pids 32, fork is refused after about 30 children: "
-           "BlockingIOError: Resource temporarily unavailable.",
-           "Con --pids 32, fork se rechaza tras unos 30 hijos: BlockingIOError: Resource "
-           "temporarily unavailable."),
+''', what=("This needs a pids cgroup (without one, the only stand-in is RLIMIT_NPROC, which "
+           "counts every process of your user on the whole machine). With one, fork is refused "
+           "after about 30 children: BlockingIOError: Resource temporarily unavailable.",
+           "Esto necesita un cgroup de pids (sin él, lo único parecido es RLIMIT_NPROC, que "
+           "cuenta todos los procesos de tu usuario en toda la máquina). Con él, fork se "
+           "rechaza tras unos 30 hijos: BlockingIOError: Resource temporarily unavailable."),
             sleep=("the children die with the container when the cell ends",
                    "los hijos mueren con el contenedor al acabar la celda")),
         Md('''
