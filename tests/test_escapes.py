@@ -362,11 +362,6 @@ def test_the_bounding_set_is_dockers_default_set():
     assert int(run(_BOUNDING_SET).stdout) == DOCKER_MASK
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: --volume HOST:/proc is accepted, and capabilities.restrict_to() reads "
-    "/proc/sys/kernel/cap_last_cap after the volumes are mounted, so a volume over /proc "
-    "whose cap_last_cap says 0 leaves the whole bounding set in place (effective and "
-    "permitted are still masked and no_new_privs is on)"))
 def test_a_volume_over_proc_does_not_keep_the_bounding_set(fake_proc):
     try:
         result = nsmagic.run(textwrap.dedent(_BOUNDING_SET), volumes=[f"{fake_proc}:/proc"])

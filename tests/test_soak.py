@@ -221,13 +221,6 @@ def test_soak_leaves_nothing_behind():
 
 @pytest.mark.root
 @pytest.mark.skipif(not IS_ROOT, reason="warm containers are prepared for root only")
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: closing a Container right after start(), before the fork server has handled the "
-    "launch request, crashes the fork server when it hands over a warm container: "
-    "Supervisor._announce -> protocol.send raises BrokenPipeError (zygote.py _launch -> "
-    "supervisor.adopt), unhandled in ForkServer.serve, so the server dies (a zombie "
-    "nsmagic-zygote) and the next run starts a new one. A KeyboardInterrupt or an "
-    "exception in the kernel between start() and wait() does exactly this"))
 def test_closing_a_container_at_once_does_not_crash_the_fork_server():
     for _ in range(3):
         nsmagic.run("pass")

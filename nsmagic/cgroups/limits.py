@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, fields
 
@@ -98,6 +99,11 @@ def parse_cpuset(text: str, option: str = "--cpuset") -> str:
             first, last = (int(x) for x in part.split("-"))
             if first > last:
                 raise SpecError(f"{option} range {part!r} runs backwards; write it as low-high.")
+    available = os.cpu_count() or 1
+    highest = max(int(x) for x in re.split(r"[,-]", text))
+    if highest >= available:
+        raise SpecError(f"{option} {text!r} names CPU {highest}, but this host has CPUs "
+                        f"0-{available - 1}.")
     return text
 
 

@@ -28,10 +28,22 @@ class _Data(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
+def _read_last_capability() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return 63  # dropping numbers the kernel does not know is harmless (EINVAL, ignored)
+
+
+# Read once, when the fork server imports this module: inside a container, /proc is the
+# container's and could be anything by the time capabilities are dropped.
+_LAST_CAPABILITY = _read_last_capability()
+
+
 def last_capability() -> int:
-    """The highest capability number this kernel knows."""
-    with open("/proc/sys/kernel/cap_last_cap") as handle:
-        return int(handle.read())
+    """The highest capability number this kernel knows (read at import, outside containers)."""
+    return _LAST_CAPABILITY
 
 
 def restrict_to(keep: set[int] | None = None) -> None:

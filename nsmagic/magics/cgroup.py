@@ -132,6 +132,14 @@ class CgroupMagics(Magics):
 
     @line_magic
     def cgroup(self, line: str) -> ContainerResult | None:
+        try:
+            return self._cgroup(line)
+        except ValueError as error:  # shlex: "No closing quotation" and the like
+            if isinstance(error, SpecError):
+                raise UsageError(str(error)) from None
+            raise UsageError(f"%cgroup: cannot read {line!r}: {error}.") from None
+
+    def _cgroup(self, line: str) -> ContainerResult | None:
         sub, _, rest = line.strip().partition(" ")
         if not sub:
             raise UsageError("%cgroup needs a subcommand: create, set, show, ls, rm or run "

@@ -18,7 +18,7 @@ from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import ContainerSetupError, SpecError
 from nsmagic.runtime.container import Container, ContainerResult
 from nsmagic.runtime.named import MANAGER, ManagedContainer
-from nsmagic.runtime.spec import DEFAULT_NAMESPACES, ContainerSpec
+from nsmagic.runtime.spec import DEFAULT_NAMESPACES, ContainerSpec, validate_name
 
 SHELLS = {"bash": "/bin/bash", "sh": "/bin/sh"}
 
@@ -95,7 +95,7 @@ class ContainerMagics(Magics):
     @argument("--name", help="name of a --bg run, for %%container logs/wait/stop")
     @argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE",
               help="set an environment variable inside (repeatable)")
-    @argument("--timeout", type=float, help="kill the container after this many seconds")
+    @argument("--timeout", help="kill the container after this many seconds")
     @argument("--no-raise", action="store_true",
               help="report a failure as a message instead of failing the cell")
     @argument("-o", "--output-result", action="store_true",
@@ -251,11 +251,15 @@ class ContainerMagics(Magics):
 
     def _parse(self, magic: Any, line: str) -> Any:
         try:
-            return parse_argstring(magic, line)
+            args = parse_argstring(magic, line)
         except UsageError:
             raise
+        except ValueError as error:  # shlex: "No closing quotation"
+            raise UsageError(f"cannot read the options {line!r}: {error}.") from None
         except SystemExit:  # argparse's way of saying "bad option" in some versions
             raise UsageError(f"bad options: {line!r}; see %%container?") from None
+        _check_common_options(args)
+        return args
 
     def _spec_from(self, args: Any) -> tuple[ContainerSpec, list[str]]:
         namespaces = set(DEFAULT_NAMESPACES)
@@ -270,8 +274,8 @@ class ContainerMagics(Magics):
         env = {}
         for item in args.env:
             key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise UsageError(f"--env takes KEY=VALUE, not {item!r}.")
+            if not sep or not key or "\0" in item:
+                raise UsageError(f"--env takes KEY=VALUE (no NUL characters), not {item!r}.")
             env[key] = value
         try:
             if args.cgroup is not None:
@@ -286,8 +290,8 @@ class ContainerMagics(Magics):
                 limits = options.pop("limits", limits)
             else:
                 limits = Limits.parse(
-                    cpus=args.cpus or self.cpus, memory=args.memory or self.memory,
-                    memory_swap=args.memory_swap, pids=args.pids or self.pids,
+                    cpus=_given(args.cpus, self.cpus), memory=_given(args.memory, self.memory),
+                    memory_swap=args.memory_swap, pids=_given(args.pids, self.pids),
                     cpu_weight=args.cpu_weight, cpuset=args.cpuset,
                 )
                 options, notes = {}, []
@@ -322,7 +326,10 @@ class ContainerMagics(Magics):
         %container export NAME --oci DIR  write an OCI runtime bundle (runc run) of it
         %container dashboard              live CPU and memory plots of every container
         """
-        words = shlex.split(line)
+        try:
+            words = shlex.split(line)
+        except ValueError as error:
+            raise UsageError(f"%container: cannot read {line!r}: {error}.") from None
         if not words:
             raise UsageError("%container needs a subcommand: start, ls, logs, stats, wait, "
                              "stop, rm, prune, export or dashboard (see %container?).")
@@ -344,7 +351,8 @@ class ContainerMagics(Magics):
     def _container_start(self, rest: list[str], text: str) -> Any:
         if not rest or rest[0].startswith("-"):
             raise UsageError("usage: %container start NAME [options]; the name comes first.")
-        name, options = rest[0], text.split(None, 1)[1] if len(text.split(None, 1)) > 1 else ""
+        name, options = rest[0], shlex.join(rest[1:])
+        validate_name(name)
         args = self._parse(self.container, options)
         if (args.command or args.shell or args.bg or args.inputs or args.outputs
                 or args.export_oci):
@@ -397,7 +405,8 @@ class ContainerMagics(Magics):
         if not 1 <= len(rest) <= 2:
             raise UsageError("usage: %container wait NAME [TIMEOUT_SECONDS]")
         managed = MANAGER.get(rest[0])
-        timeout = float(rest[1]) if len(rest) == 2 else None
+        timeout = _positive_seconds(rest[1], "%container wait TIMEOUT") if len(rest) == 2 \
+            else None
         try:
             result = managed.wait(timeout)
         except TimeoutError as error:
@@ -465,7 +474,11 @@ class ContainerMagics(Magics):
     def _net_mode(text: str | None) -> str | None:
         if text is None or not text.startswith("container:"):
             return text
-        other = MANAGER.get(text.split(":", 1)[1])
+        wanted = text.split(":", 1)[1]
+        if wanted not in MANAGER.names():
+            raise SpecError(f"--net {text}: there is no container named {wanted!r} to share a "
+                            "network with (%container ls lists them).")
+        other = MANAGER.get(wanted)
         if other.state != "running" or other.result.pid is None:
             raise SpecError(f"--net {text}: that container is not running.")
         return f"container:{other.result.pid}"
@@ -478,6 +491,31 @@ class ContainerMagics(Magics):
             print(host.probe().describe())
             return
         raise UsageError(f"%nsmagic does not know {line!r}; try %nsmagic doctor.")
+
+
+def _given(value: str | None, default: str | None) -> str | None:
+    """An option's value, or the configured default when the option was not given at all
+    (an empty value is given, and invalid)."""
+    return default if value is None else value
+
+
+def _positive_seconds(text: object, option: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option} must be a number of seconds above 0, not {text!r}.") \
+            from None
+    if not 0 < value < 1e9:  # also refuses nan and inf
+        raise UsageError(f"{option} must be a number of seconds above 0, not {text!r}.")
+    return value
+
+
+def _check_common_options(args: Any) -> None:
+    if getattr(args, "timeout", None) is not None:
+        args.timeout = _positive_seconds(args.timeout, "--timeout")
+    for option in ("net", "hostname", "rootfs", "name", "cgroup"):
+        if getattr(args, option, None) == "":
+            raise UsageError(f"--{option} needs a value.")
 
 
 def _split_command(words: list[str], shell_flag: bool) -> tuple[str | None, str, str]:

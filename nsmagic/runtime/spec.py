@@ -213,6 +213,9 @@ def parse_volume(text: str) -> Volume:
         raise SpecError(f"--volume {text!r}: both paths must be absolute.")
     if ".." in container.split("/"):
         raise SpecError(f"--volume {text!r}: the container path must not contain '..'.")
+    if os.path.normpath(container).split("/")[1] in ("proc", "sys", "dev") or container == "/":
+        raise SpecError(f"--volume {text!r}: the container path must not be /, or under /proc, "
+                        "/sys or /dev (the kernel's own view of the container lives there).")
     if not os.path.exists(host):
         raise SpecError(f"--volume {text!r}: the host path {host!r} does not exist.")
     return Volume(os.path.normpath(host), os.path.normpath(container), mode == "ro")

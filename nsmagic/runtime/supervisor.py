@@ -226,7 +226,9 @@ class SupervisedContainer:
         self._announce(warm=True)
 
     def _announce(self, warm: bool) -> None:
-        protocol.send(self.ctl, {
+        # Quietly: if the notebook side has gone already, the server notices the closed
+        # socket right after and ends the container.
+        send_quietly(self.ctl, {
             "event": "started", "pid": self.init_pid, "warm": warm,
             "cgroup": self.cgroup.name if self.cgroup else None,
             "cgroup_driver": getattr(self.cgroup_driver, "name", None),

@@ -179,11 +179,15 @@ class ForkServer:
                 container.adopt(warm)
             else:
                 container.create(self.own_pid_namespace)
-        except ContainerSetupError as error:
-            step, _, message = str(error).partition(": ")
+        except Exception as error:  # noqa: BLE001 - one container's failure never ends the server
+            if isinstance(error, ContainerSetupError):
+                step, _, message = str(error).partition(": ")
+            else:
+                step, message = "starting the container", f"{type(error).__name__}: {error}"
+                traceback.print_exc()
             send_quietly(container.ctl, {"event": "setup-failed", "step": step,
                                          "message": message})
-            container.release()
+            _quietly(container.release)
             self._drop_idle_bridge()
             return
         self.containers.add(container)
