@@ -302,7 +302,12 @@ def _api_sampler(ctx: Context, key: str, launcher: Any, **options: Any) -> Sampl
 
     def sample() -> float:
         start = time.perf_counter()
-        result = nsmagic.run("pass", launcher=launcher, **options)
+        try:
+            result = nsmagic.run("pass", launcher=launcher, **options)
+        except nsmagic.NsmagicError as error:
+            # e.g. rootless, where --pids is RLIMIT_NPROC and counts all of the user's
+            # processes: the row says why instead of ending the whole run.
+            raise SampleFailed(str(error)) from None
         elapsed = time.perf_counter() - start
         if not result.ok:
             raise SampleFailed(f"nsmagic.run('pass') ended with {result.describe()}")

@@ -90,6 +90,8 @@ def test_interrupting_the_kernel_stops_the_container(kernel):
     assert reply["content"]["ename"] == "KeyboardInterrupt"
     assert time.monotonic() - began < 1.5
     reply, _ = execute(client, "print('kernel still usable')")
+    if reply["status"] == "aborted":  # ipykernel aborts requests queued just after an error
+        reply, _ = execute(client, "print('kernel still usable')")
     assert reply["status"] == "ok"
 
 

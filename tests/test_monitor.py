@@ -88,8 +88,9 @@ def test_memory_rises_for_an_allocating_container(monitor):
     assert len(memory) >= 10
     assert max(memory) - memory[0] >= 50_000_000, memory  # 8 x 10 MB allocated
     # Rising over time: the second half is well above the first samples.
-    half = memory[len(memory) // 2:]
-    assert min(half) > memory[0] + 20_000_000
+    # (The last samples may be taken while the container's processes are already exiting.)
+    half = sorted(memory[len(memory) // 2:])
+    assert half[len(half) // 2] > memory[0] + 20_000_000, memory
     peaks = [v for v in history["memory_peak"] if v is not None]
     assert peaks[-1] >= max(memory)
     if HAS_CGROUPS:
