@@ -195,22 +195,11 @@ def _spec_from(args: argparse.Namespace) -> Any:
     """A ContainerSpec from the options; SpecError (one sentence) when they are wrong."""
     from nsmagic.cgroups.limits import Limits
     from nsmagic.errors import SpecError
-    from nsmagic.runtime.spec import DEFAULT_NAMESPACES, ContainerSpec
+    from nsmagic.runtime.options import environment_from, namespaces_from, userns_from
+    from nsmagic.runtime.spec import ContainerSpec
 
-    namespaces = set(DEFAULT_NAMESPACES)
-    for name in ("pid", "uts", "ipc", "net", "mount"):
-        if getattr(args, f"no_{name}"):
-            namespaces.discard(name)
-    if args.no_cgroupns:
-        namespaces.discard("cgroup")
-    if args.userns and args.no_userns:
-        raise SpecError("--userns and --no-userns contradict each other; give one.")
-    env = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SpecError(f"--env takes KEY=VALUE, not {item!r}.")
-        env[key] = value
+    namespaces = namespaces_from(args)
+    env = environment_from(args.env)
     if args.net and args.net.startswith("container:") \
             and not args.net.split(":", 1)[1].isdigit():
         raise SpecError(f"--net {args.net}: outside a notebook, name the container by the "
@@ -218,8 +207,7 @@ def _spec_from(args: argparse.Namespace) -> Any:
     limits = Limits.parse(cpus=args.cpus, memory=args.memory, memory_swap=args.memory_swap,
                           pids=args.pids, cpu_weight=args.cpu_weight, cpuset=args.cpuset)
     return ContainerSpec.build(
-        namespaces=namespaces, userns=True if args.userns else (False if args.no_userns
-                                                                else None),
+        namespaces=namespaces, userns=userns_from(args),
         hostname=args.hostname, name=args.name, limits=limits, env=env, net=args.net,
         read_only=args.read_only, overlay=args.overlay, rootfs=args.rootfs,
         volumes=args.volume, privileged=args.privileged)

@@ -18,7 +18,8 @@ from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import ContainerSetupError, SpecError
 from nsmagic.runtime.container import Container, ContainerResult
 from nsmagic.runtime.named import MANAGER, ManagedContainer
-from nsmagic.runtime.spec import DEFAULT_NAMESPACES, ContainerSpec, validate_name
+from nsmagic.runtime.options import environment_from, namespaces_from, userns_from
+from nsmagic.runtime.spec import ContainerSpec, validate_name
 
 SHELLS = {"bash": "/bin/bash", "sh": "/bin/sh"}
 
@@ -262,21 +263,12 @@ class ContainerMagics(Magics):
         return args
 
     def _spec_from(self, args: Any) -> tuple[ContainerSpec, list[str]]:
-        namespaces = set(DEFAULT_NAMESPACES)
-        for name in ("pid", "uts", "ipc", "net", "mount"):
-            if getattr(args, f"no_{name}"):
-                namespaces.discard(name)
-        if args.no_cgroupns:
-            namespaces.discard("cgroup")
-        if args.userns and args.no_userns:
-            raise UsageError("--userns and --no-userns contradict each other; give one.")
-        userns = True if args.userns else (False if args.no_userns else None)
-        env = {}
-        for item in args.env:
-            key, sep, value = item.partition("=")
-            if not sep or not key or "\0" in item:
-                raise UsageError(f"--env takes KEY=VALUE (no NUL characters), not {item!r}.")
-            env[key] = value
+        try:
+            namespaces = namespaces_from(args)
+            userns = userns_from(args)
+            env = environment_from(args.env)
+        except SpecError as error:
+            raise UsageError(str(error)) from None
         try:
             if args.cgroup is not None:
                 # The group's limits apply: configured defaults do not, explicit options are
