@@ -927,7 +927,11 @@ for cpus in quotas:
     result = nsmagic.run(BURN, cpus=cpus, outputs=['share'], **box)
     shares.append(result.outputs.get('share', 0.0))
     print(f'--cpus {cpus}: cpu used: {shares[-1]:.2f} of one core ({result.describe()})')
+for warning in result.warnings:   # «warnings»
+    print('nsmagic:', warning)
 '''.replace("«burn»", BURN.strip("\n")),
+            warnings=("what nsmagic could not enforce here, if anything",
+                      "lo que nsmagic no pudo aplicar aquí, si hay algo"),
             box=("no namespaces here: a plain child process with rlimits",
                  "aquí no hay namespaces: un proceso hijo normal con rlimits")),
         Code('''
@@ -1078,8 +1082,13 @@ import sys
 '''),
         Code('''
 if dashboard is not None:
-    dashboard.stop()   # «stop»
-''', stop=("the last frame stays as a picture", "el último fotograma queda como imagen")),
+    try:
+        dashboard.stop()   # «stop»
+    except Exception as error:   # «bug»
+        print('the dashboard could not draw its last frame:', repr(error))
+''', stop=("the last frame stays as a picture", "el último fotograma queda como imagen"),
+            bug=("a known nsmagic bug with containers that left no samples",
+                 "un fallo conocido de nsmagic con contenedores que no dejaron muestras")),
         exercise(1, (
             "Run the memory cell with `--memory 256M`. How far does it get, and how does it "
             "end?",
@@ -1280,6 +1289,8 @@ NOTEBOOKS = {
 
 def build(lang: str, name: str) -> nbformat.NotebookNode:
     cells = [cell.render(lang) for cell in NOTEBOOKS[name]()]
+    for number, cell in enumerate(cells):
+        cell.id = f"cell-{number:02d}"  # stable ids: rebuilding changes nothing that did not
     notebook = new_notebook(cells=cells, metadata={
         "kernelspec": KERNELSPEC, "language_info": {"name": "python"},
     })

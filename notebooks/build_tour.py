@@ -106,9 +106,16 @@ cells = [
     new_markdown_cell(
         "## What next\nThe course notebooks in this folder go through each namespace in turn, "
         "then control groups (CPU, memory, process limits), and then compare containers with a "
-        "virtual machine measured on this same host."
+        "virtual machine measured on this same host:\n\n"
+        "1. `01-what-is-a-container.ipynb`\n2. `02-namespaces.ipynb`\n"
+        "3. `03-cgroups.ipynb`\n4. `04-containers-vs-vms.ipynb`\n\n"
+        "The same course in Spanish is in `es/` (generated with the English one by "
+        "`build_course.py`)."
     ),
 ]
+
+for number, cell in enumerate(cells):
+    cell.id = f"cell-{number:02d}"  # stable ids, so a rebuild's diff shows only real changes
 
 notebook = new_notebook(cells=cells, metadata={
     "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
