@@ -130,12 +130,6 @@ class ContainerMagics(Magics):
         spec, notes = self._spec_from(args)
         if args.export_oci:
             self._export_oci(spec, args.export_oci, cell, kind, shell, args.quiet)
-        report = _probe_quietly()
-        if report is not None and report.tier == "none":
-            raise UsageError(
-                "this host allows no namespaces here (no root and no user namespaces); "
-                "run %nsmagic doctor to see why."
-            )
         if not args.quiet:
             for note in notes:
                 print(f"nsmagic: {note}", file=sys.stderr)
@@ -156,6 +150,9 @@ class ContainerMagics(Magics):
                 result = container.wait(on_stdout=_write_stdout, on_stderr=_write_stderr,
                                         timeout=args.timeout)
         except ContainerSetupError as error:
+            if args.no_raise:
+                print(f"ContainerError: {error}", file=sys.stderr)
+                return None
             raise ContainerError(str(error)) from None
         except TimeoutError as error:
             raise ContainerError(f"{error}; it was killed") from None
@@ -269,6 +266,17 @@ class ContainerMagics(Magics):
             env = environment_from(args.env)
         except SpecError as error:
             raise UsageError(str(error)) from None
+        report = _probe_quietly()
+        # The honest fallback where nothing can be isolated (a hosted notebook without user
+        # namespaces): a plain child process, labelled as such on every run.
+        not_isolated = report is not None and report.tier == "none"
+        if not_isolated:
+            if args.hostname or args.net not in (None, "host", "none") or args.read_only \
+                    or args.overlay or args.rootfs or args.volume:
+                raise UsageError("this host allows no namespaces, so --hostname, --net, "
+                                 "--read-only, --overlay, --rootfs and --volume cannot apply "
+                                 "(see %nsmagic doctor).")
+            namespaces, userns, args.net = set(), False, "host"
         try:
             if args.cgroup is not None:
                 # The group's limits apply: configured defaults do not, explicit options are
@@ -293,6 +301,11 @@ class ContainerMagics(Magics):
                                        privileged=args.privileged,
                                        overlay=args.overlay, rootfs=args.rootfs,
                                        volumes=args.volume, **options)
+            if not_isolated:
+                notes.append("NOT isolated: this host allows no namespaces (no root, no user "
+                             "namespaces; see %nsmagic doctor), so the cell runs as a plain "
+                             "child process" + (", its limits as per-process rlimits"
+                                                if not spec.limits.is_empty() else "") + ".")
             if spec.privileged:
                 notes.append("PRIVILEGED container: root inside keeps every capability "
                              "(it can mount, load kernel modules, change the host's clock) "

@@ -109,6 +109,16 @@ class ManagedContainer:
         return self.container.result
 
     @property
+    def pid(self) -> int | None:
+        """Host pid of its pid 1 (None until it runs)."""
+        return self.result.pid
+
+    @property
+    def address(self) -> str | None:
+        """Its address on nsmagic's bridge (--net bridge), else None."""
+        return self.result.address
+
+    @property
     def state(self) -> str:
         """running or exited."""
         return "exited" if self.done.is_set() else "running"

@@ -103,7 +103,7 @@ class PlotRenderer:
             lines["mem"].set_data(mem_x, mem_y)
             peak_x, peak_y = _points(times, item.columns["memory_peak"], 1 / MIB)
             lines["peak"].set_data(peak_x, peak_y)
-            mem_top = max(mem_top, *mem_y, *peak_y)
+            mem_top = max([mem_top, *mem_y, *peak_y])  # a list: both may be empty
             if item.cpus:
                 lines["cpu_limit"].set_data([left, right], [item.cpus * 100] * 2)
                 cpu_top = max(cpu_top, item.cpus * 100)
