@@ -48,7 +48,8 @@ RESULTS_MOUNT = "/run/vm-results"
 RESULTS_TAG = "vmresults"
 HOSTROOT_TAG = "hostroot"
 
-_APPLETS = ("sh", "mount", "umount", "insmod", "mkdir", "chroot", "cat", "sync", "poweroff")
+_APPLETS = ("sh", "mount", "umount", "insmod", "mkdir", "chroot", "cat", "sync", "poweroff",
+            "switch_root")
 # The micro guest's workloads need a few more; the v2 image keeps its list (and so its cache).
 _EXTRA_APPLETS = {"micro": ("sleep", "kill", "dd")}
 
@@ -136,11 +137,18 @@ fi
 read up idle < /proc/uptime
 echo "{READY_MARKER} uptime=$up"
 if [ $have_results = 1 ] && [ -f /newroot{RESULTS_MOUNT}/cmd.sh ]; then
-    chroot /newroot /bin/sh {RESULTS_MOUNT}/cmd.sh </dev/null \\
-        >/newroot{RESULTS_MOUNT}/stdout 2>/newroot{RESULTS_MOUNT}/stderr
-    rc=$?
-    echo $rc > /newroot{RESULTS_MOUNT}/status
-    echo "{EXIT_MARKER} status=$rc"
+    # switch_root, not chroot: the kernel refuses user namespaces to a chrooted process, and
+    # the tests run rootless containers in here too. The host root becomes the namespace's
+    # root; the runner script then powers the guest off itself.
+    cat > /newroot{RESULTS_MOUNT}/runner.sh <<RUNNER
+/bin/sh {RESULTS_MOUNT}/cmd.sh </dev/null >{RESULTS_MOUNT}/stdout 2>{RESULTS_MOUNT}/stderr
+rc=\\$?
+echo \\$rc > {RESULTS_MOUNT}/status
+echo "{EXIT_MARKER} status=\\$rc"
+sync
+echo o > /proc/sysrq-trigger
+RUNNER
+    exec switch_root /newroot /bin/sh {RESULTS_MOUNT}/runner.sh
 fi
 sync
 poweroff -f
@@ -148,7 +156,7 @@ echo o > /proc/sysrq-trigger
 """
 
 # Bump when the recipe changes in a way the init text does not show, so caches are rebuilt.
-_RECIPE_REVISION = "1"
+_RECIPE_REVISION = "2"
 
 
 @dataclass(frozen=True)
