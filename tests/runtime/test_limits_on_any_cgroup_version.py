@@ -54,3 +54,9 @@ def test_the_cgroup_is_gone_when_the_container_ends():
         assert result.cgroup not in dirs, root
         if root.count("/") > 6:
             dirs.clear()
+
+
+def test_a_user_namespace_container_gets_the_same_limits():
+    result = nsmagic.run(READ_MEMORY_LIMIT + "\nprint(os.getuid())", memory="40M", userns=True)
+    assert result.ok, (result.describe(), result.stderr)
+    assert result.stdout.split() == [str(40 << 20), "0"]
