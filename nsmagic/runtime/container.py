@@ -112,6 +112,7 @@ class Container:
         self._pipes: dict[str, int] = {}
         self._pidfd: int | None = None
         self.data: socket.socket | None = None
+        self._held_signals: list[int] = []
         self._kind = "python"
         self.result = ContainerResult()
         self._started_at = 0.0
@@ -257,8 +258,13 @@ class Container:
         self.close()
 
     def send_signal(self, signum: int) -> None:
-        """Signal the container's pid 1 (which forwards to the payload; SIGKILL ends all)."""
+        """Signal the container's pid 1 (which forwards to the payload; SIGKILL ends all).
+
+        Before pid 1 is known (its "started" message not read yet), the signal is held and
+        delivered as soon as it is.
+        """
         if self._pidfd is None:
+            self._held_signals.append(signum)
             return
         try:
             signal.pidfd_send_signal(self._pidfd, signum)
@@ -318,6 +324,9 @@ class Container:
                 self._pidfd = os.pidfd_open(message["pid"])
             except ProcessLookupError:
                 pass
+            held, self._held_signals = self._held_signals, []
+            for signum in held:
+                self.send_signal(signum)
             REGISTRY.started(self.spec.container_id, message["pid"], self.result.cgroup,
                              self.result.cgroup_driver)
         elif event == "ready":

@@ -415,17 +415,27 @@ def _run_qemu(
     reader: _ConsoleReader | None = None
     started = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL if cgroup is None else subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            # Its own process group, so that the kill reaches anything qemu may spawn and
-            # a Ctrl-C in a terminal reaches us (who then kill qemu), not qemu behind our back.
-            start_new_session=True,
-        )
-        with _live_lock:
-            _live.add(proc)
+        # A Ctrl-C landing inside Popen (after the fork, before we hold the process) would
+        # leave a qemu nobody kills: hold SIGINT back until it is recorded.
+        masked = threading.current_thread() is threading.main_thread()
+        if masked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL if cgroup is None else subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                # Its own process group, so that the kill reaches anything qemu may spawn and
+                # a Ctrl-C in a terminal reaches us (who then kill qemu), not qemu behind our
+                # back.
+                start_new_session=True,
+            )
+            with _live_lock:
+                _live.add(proc)
+        finally:
+            if masked:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         if cgroup is not None:
             cgroup.attach(proc.pid)  # still the gate's shell: qemu is not running yet
             proc.stdin.write(b"go\n")
