@@ -138,13 +138,26 @@ _default_lock = threading.Lock()
 
 
 def default_launcher() -> Launcher:
-    """The process-wide launcher: the fork server unless NSMAGIC_LAUNCHER=spawn."""
+    """The process-wide launcher: the fork server, or a fresh helper per container when
+    NSMAGIC_LAUNCHER=spawn or when the fork server cannot start here."""
     global _default
     with _default_lock:
         if _default is None:
             choice = os.environ.get("NSMAGIC_LAUNCHER", "forkserver")
-            _default = SpawnLauncher() if choice == "spawn" else ForkServerLauncher()
+            _default = SpawnLauncher() if choice == "spawn" else _fork_server_or_fallback()
         return _default
+
+
+def _fork_server_or_fallback() -> Launcher:
+    server = ForkServerLauncher()
+    try:
+        server.ping()
+    except (OSError, RuntimeError) as error:
+        server.close()
+        sys.stderr.write(f"nsmagic: the fork server could not start ({error}); starting "
+                         "each container from a fresh helper process instead (slower).\n")
+        return SpawnLauncher()
+    return server
 
 
 def close_default_launcher() -> None:

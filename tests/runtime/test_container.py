@@ -274,3 +274,16 @@ def _parent(pid: int) -> int:
             return int(handle.read().rsplit(")", 1)[1].split()[1])
     except OSError:
         return 0
+
+
+def test_the_default_launcher_falls_back_to_a_helper_per_container(monkeypatch):
+    from nsmagic.runtime import launcher as launchers
+
+    def broken_ping(self):
+        raise RuntimeError("the nsmagic fork server exited at start-up")
+
+    monkeypatch.setattr(launchers.ForkServerLauncher, "ping", broken_ping)
+    chosen = launchers._fork_server_or_fallback()
+    assert isinstance(chosen, launchers.SpawnLauncher)
+    result = nsmagic.run("import os; print(os.getpid())", launcher=chosen)
+    assert result.stdout == "2\n"
