@@ -846,14 +846,9 @@ def run(runs: int = DEFAULT_RUNS, quick: bool = False, only: list[str] | None = 
                                      "status": "ok", "reason": "", "samples": []}
             results[bench.key] = entry
             say(f"preparing {bench.key}")
-            try:
-                samplers[bench.key] = bench.prepare(ctx)
-            except Missing as why:
-                entry.update(status="missing", reason=str(why))
-            except NotMeasured as why:
-                entry.update(status="not measured", reason=str(why))
-            except SampleFailed as why:
-                entry.update(status="failed", reason=str(why))
+            prepared = _prepared(bench, ctx, entry)
+            if prepared is not None:
+                samplers[bench.key] = prepared
         order = list(samplers)
         rng = random.Random(SEED)
         for round_number in range(warmup + runs):
@@ -915,16 +910,25 @@ def measure_figures(chosen: list[Benchmark], quick: bool, notes: list[str],
         say(f"measuring {bench.key}")
         ctx = Context(quick=quick, notes=notes)
         try:
-            entry.update(bench.prepare(ctx))
-        except Missing as why:
-            entry.update(status="missing", reason=str(why))
-        except NotMeasured as why:
-            entry.update(status="not measured", reason=str(why))
-        except SampleFailed as why:
-            entry.update(status="failed", reason=str(why))
+            measured = _prepared(bench, ctx, entry)
+            if measured is not None:
+                entry.update(measured)
         finally:
             ctx.close()
     return figures
+
+
+def _prepared(bench: Benchmark, ctx: Context, entry: dict[str, Any]) -> Any:
+    """bench.prepare(ctx), or None with the entry's status and reason saying why not."""
+    try:
+        return bench.prepare(ctx)
+    except Missing as why:
+        entry.update(status="missing", reason=str(why))
+    except NotMeasured as why:
+        entry.update(status="not measured", reason=str(why))
+    except SampleFailed as why:
+        entry.update(status="failed", reason=str(why))
+    return None
 
 
 def _phase_medians(phases: list[dict[str, float]]) -> dict[str, float]:

@@ -411,13 +411,13 @@ class _Group:
 
     @property
     def owner(self) -> int:
-        from nsmagic.cgroups._fs import owner_of
+        from nsmagic.cgroups import owner_of
 
         return owner_of(self.name) or 0
 
     @property
     def owner_alive(self) -> bool:
-        from nsmagic.cgroups._fs import pid_alive
+        from nsmagic.cgroups import pid_alive
 
         return pid_alive(self.owner)
 
@@ -441,18 +441,18 @@ class _Group:
 
 def _machine_groups(max_depth: int = 8) -> dict[str, _Group]:
     """Every directory named nsmagic-<pid>-<id> under the cgroup mounts this process sees."""
-    from nsmagic.cgroups import _fs
+    from nsmagic.cgroups import cgroup_mounts, owner_of
 
     groups: dict[str, _Group] = {}
     try:
-        mounts = _fs.cgroup_mounts()
+        mounts = cgroup_mounts()
     except OSError:
         return groups
     for mount in mounts:
         top = str(mount.mountpoint)
         for root, dirs, _ in os.walk(top):
             for name in dirs:
-                if _fs.owner_of(name) is None:
+                if owner_of(name) is None:
                     continue
                 group = groups.setdefault(name, _Group(name))
                 path = Path(root) / name
@@ -461,7 +461,7 @@ def _machine_groups(max_depth: int = 8) -> dict[str, _Group]:
                 else:
                     for controller in mount.controllers:
                         group.v1.setdefault(controller, path)
-            dirs[:] = [d for d in dirs if _fs.owner_of(d) is None]
+            dirs[:] = [d for d in dirs if owner_of(d) is None]
             if root[len(top):].count("/") >= max_depth:
                 dirs.clear()
     return {name: g for name, g in groups.items() if g.v2 is not None or g.v1}
@@ -476,7 +476,7 @@ def _comm(pid: int) -> str:
 
 
 def _bridges() -> tuple[list[dict[str, Any]], str | None]:
-    from nsmagic.cgroups._fs import pid_alive
+    from nsmagic.cgroups import pid_alive
 
     try:
         from nsmagic.isolation import network

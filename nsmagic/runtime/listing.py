@@ -6,7 +6,7 @@ import html
 import time
 from dataclasses import dataclass
 
-from nsmagic.cgroups._fs import pid_alive
+from nsmagic.cgroups import pid_alive
 from nsmagic.cgroups.limits import format_size
 from nsmagic.runtime.named import ContainerManager, ManagedContainer
 

@@ -21,7 +21,7 @@ _SAFE_GLOBALS = {
     ("collections", "OrderedDict"), ("collections", "deque"), ("collections", "Counter"),
     ("datetime", "datetime"), ("datetime", "date"), ("datetime", "time"),
     ("datetime", "timedelta"), ("datetime", "timezone"), ("decimal", "Decimal"),
-    ("fractions", "Fraction"), ("copyreg", "_reconstructor"), ("builtins", "object"),
+    ("fractions", "Fraction"),
 }
 _FRAME_HEADER = struct.Struct("!Q")
 
