@@ -102,8 +102,8 @@ def parse_cpuset(text: str, option: str = "--cpuset") -> str:
     available = os.cpu_count() or 1
     highest = max(int(x) for x in re.split(r"[,-]", text))
     if highest >= available:
-        raise SpecError(f"{option} {text!r} names CPU {highest}, but this host has CPUs "
-                        f"0-{available - 1}.")
+        raise SpecError(f"{option} must be a CPU list such as 0, 0-1 or 0,2 of this host's "
+                        f"CPUs (0-{available - 1}), not {text!r}: there is no CPU {highest}.")
     return text
 
 
