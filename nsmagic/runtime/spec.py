@@ -214,8 +214,9 @@ def parse_volume(text: str) -> Volume:
     if ".." in container.split("/"):
         raise SpecError(f"--volume {text!r}: the container path must not contain '..'.")
     if os.path.normpath(container).split("/")[1] in ("proc", "sys", "dev") or container == "/":
-        raise SpecError(f"--volume {text!r}: the container path must not be /, or under /proc, "
-                        "/sys or /dev (the kernel's own view of the container lives there).")
+        raise SpecError(f"--volume {text!r}: give HOST:CONTAINER[:ro] with a container path "
+                        "other than / and outside /proc, /sys and /dev (the kernel's own view "
+                        "of the container lives there).")
     if not os.path.exists(host):
         raise SpecError(f"--volume {text!r}: the host path {host!r} does not exist.")
     return Volume(os.path.normpath(host), os.path.normpath(container), mode == "ro")
