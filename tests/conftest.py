@@ -11,7 +11,8 @@ import pytest
 from nsmagic.runtime.launcher import close_default_launcher
 
 IS_ROOT = os.geteuid() == 0
-OUR_PROCESS_NAMES = ("nsmagic-sup", "nsmagic-init", "nsmagic-zygote", "nsmagic-warm")
+OUR_PROCESS_NAMES = ("nsmagic-sup", "nsmagic-init", "nsmagic-zygote", "nsmagic-warm",
+                     "nsmagic-forker")
 
 
 # Every process this test session starts inherits this marker in its environment, so the

@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from nsmagic.cgroups import _fs
-from nsmagic.cgroups._fs import cgroup_mounts, owner_of, pid_alive
+from nsmagic.cgroups._fs import cgroup_mounts, join_cgroup, owner_of, pid_alive
 from nsmagic.cgroups.base import NAME_PREFIX, Cgroup, CgroupDriver, CgroupStats
 from nsmagic.cgroups.limits import Limits, format_size, parse_size
 from nsmagic.errors import CapabilityError
@@ -14,6 +14,7 @@ from nsmagic.errors import CapabilityError
 __all__ = [
     "NAME_PREFIX",
     "cgroup_mounts",
+    "join_cgroup",
     "owner_of",
     "pid_alive",
     "Cgroup",

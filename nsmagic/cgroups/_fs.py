@@ -91,6 +91,13 @@ def write_raw(path: Path, value: str | int) -> None:
         os.close(fd)
 
 
+def join_cgroup(directories: Iterable[str]) -> None:
+    """Move the calling process into a group, one directory per hierarchy (v1) or the one
+    directory of a v2 group; a process that moves itself needs no pid from anyone."""
+    for directory in directories:
+        write_raw(os.path.join(directory, "cgroup.procs"), 0)
+
+
 def write_text(path: Path, value: str | int) -> None:
     """write_raw, with the kernel's refusals turned into nsmagic errors that name the file."""
     try:

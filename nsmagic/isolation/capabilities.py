@@ -46,24 +46,40 @@ def last_capability() -> int:
     return _LAST_CAPABILITY
 
 
-def restrict_to(keep: set[int] | None = None) -> None:
-    """Drop every capability not in keep from all sets (bounding, ambient, effective,
-    permitted, inheritable), then set no_new_privs so that no setuid or file-capability
-    binary can bring any back."""
-    keep = set(DOCKER_DEFAULT.values()) if keep is None else keep
+# What this process, or the one it was forked from, left in its bounding set.
+_bounding_set_kept: frozenset[int] | None = None
+
+
+def drop_bounding_set(keep: set[int] | frozenset[int] | None = None) -> None:
+    """Drop every capability not in keep from the bounding set, so that nothing executed
+    later can gain it. The effective set is untouched: the process may still mount, name its
+    host, and so on. A process that forks after this spares its child the work."""
+    global _bounding_set_kept
+    keep = frozenset(DOCKER_DEFAULT.values()) if keep is None else frozenset(keep)
+    if _bounding_set_kept == keep:
+        return
     for cap in range(last_capability() + 1):
         if cap not in keep:
             try:
                 syscalls.prctl(syscalls.PR_CAPBSET_DROP, cap)
             except OSError:
                 pass  # already gone, or unknown to this kernel
+    _bounding_set_kept = keep
+
+
+def restrict_to(keep: set[int] | None = None) -> None:
+    """Drop every capability not in keep from all sets (bounding, ambient, effective,
+    permitted, inheritable), then set no_new_privs so that no setuid or file-capability
+    binary can bring any back."""
+    keep = set(DOCKER_DEFAULT.values()) if keep is None else keep
+    drop_bounding_set(keep)
     try:
         syscalls.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError:
         pass
     header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_Data * 2)()
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = syscalls.libc()
     if libc.capget(ctypes.byref(header), data) != 0:
         raise OSError(ctypes.get_errno(), "capget failed")
     for index in range(2):
@@ -92,5 +108,5 @@ def effective_names(pid: int | str = "self") -> list[str]:
     return sorted(names.get(cap, f"cap{cap}") for cap in range(64) if value >> cap & 1)
 
 
-__all__ = ["DOCKER_DEFAULT", "effective_names", "last_capability", "make_undumpable",
-           "restrict_to"]
+__all__ = ["DOCKER_DEFAULT", "drop_bounding_set", "effective_names", "last_capability",
+           "make_undumpable", "restrict_to"]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library the interpreter itself is linked with (glibc or musl), without
+# ctypes.util.find_library, which runs ldconfig and imports subprocess to find it.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -49,6 +50,11 @@ PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
+
+
+def libc() -> ctypes.CDLL:
+    """The C library, for the few calls (capget, capset) wrapped where they are used."""
+    return _libc
 
 
 def _check(result: int, what: str) -> int:

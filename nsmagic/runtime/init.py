@@ -12,8 +12,7 @@ from collections.abc import Callable
 
 from nsmagic.isolation import capabilities, mounts, network, syscalls
 from nsmagic.runtime import protocol
-from nsmagic.runtime.payload import run_payload
-from nsmagic.runtime.spec import ContainerSpec, Payload
+from nsmagic.runtime.spec import ContainerSpec
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2)
@@ -76,6 +75,9 @@ class PidOne:
             os.close(self.wake_read)
             os.close(self.wake_write)
             signal.set_wakeup_fd(-1)
+            # pid 1's handlers only note a signal down: here they would swallow it.
+            for signum in (*FORWARDED_SIGNALS, signal.SIGCHLD):
+                signal.signal(signum, signal.SIG_DFL)
             code = 1
             try:
                 code = run()
@@ -93,17 +95,6 @@ class PidOne:
         protocol.send(ctl_fd, {"event": "payload-exited", **status})
         _kill_leftovers()
         return status.get("code", 128 + status.get("signal", 0))
-
-
-def run_init(spec: ContainerSpec, payload: Payload, ctl_fd: int, lifeline_fd: int,
-             data_fd: int | None = None) -> int:
-    """Be the container's init until the payload ends; return the exit code for pid 1."""
-    init = PidOne(lifeline_fd)
-    payload_pid = init.fork_payload(
-        lambda: run_payload(payload, ctl_fd, spec.env, spec.cwd, data_fd, spec.privileged))
-    if data_fd is not None:
-        os.close(data_fd)  # only the payload talks on it
-    return init.supervise(payload_pid, ctl_fd, spec.privileged)
 
 
 def _supervise_payload(payload_pid: int, wake_fd: int, lifeline_fd: int,

@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import traceback
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
+from nsmagic.cgroups import join_cgroup
 from nsmagic.cgroups.base import Cgroup, CgroupDriver
-from nsmagic.isolation import namespaces, syscalls
+from nsmagic.isolation import capabilities, namespaces, syscalls
+from nsmagic.runtime import protocol
+from nsmagic.runtime.forker import Forker, reap
 from nsmagic.runtime.init import PidOne, name_host, prepare_namespaces
 from nsmagic.runtime.payload import run_payload
 from nsmagic.runtime.spec import DEFAULT_NAMESPACES, ContainerSpec, Payload
+
+if TYPE_CHECKING:
+    from nsmagic.runtime.supervisor import ContainerFds
 
 DEFAULT_POOL_SIZE = 3
 _READY = b"warm"
@@ -46,6 +51,7 @@ def matches_warm_profile(spec: ContainerSpec) -> bool:
     """True when a warm container can serve this spec exactly as a cold one would."""
     profile = warm_profile()
     return (os.geteuid() == 0 and spec.namespaces == profile.namespaces and spec.net == "none"
+            and not spec.privileged  # warm processes have dropped their bounding set
             and spec.mount_proc == profile.mount_proc
             and spec.private_tmp == profile.private_tmp and spec.cgroup is None
             and spec.mount_options() == profile.mount_options())
@@ -59,20 +65,22 @@ class WarmContainer:
         self.pid = pid
         self.pidfd = pidfd
         self.sync = sync  # to pid 1
-        self.payload_sync = payload_sync  # to the pre-forked payload process
+        # To the pre-forked payload process, which says b'warm' on it once the namespaces
+        # are ready, or why not.
+        self.payload_sync = payload_sync
         self.lifeline_write = lifeline_write
         self.cgroup = cgroup
         self.ready = False
 
-    def hand_over(self, spec: ContainerSpec, payload: Payload, fds: list[int]) -> None:
-        """Give the payload and the container's descriptors [ctl, stdout, stderr, data]."""
+    def hand_over(self, spec: ContainerSpec, request: bytes, fds: list[int]) -> None:
+        """Give the payload its launch request (the notebook's own bytes, with 'spec' and
+        'payload') and the container's descriptors [ctl, stdout, stderr, data]."""
         if self.cgroup is not None and not spec.limits.is_empty():
             self.cgroup.apply(spec.limits)
-        message = json.dumps({"spec": spec.to_wire(), "payload": payload.to_wire()}).encode()
-        # The payload first, so that it starts while pid 1 is still being told.
-        socket.send_fds(self.payload_sync, [message], fds)
-        socket.send_fds(self.sync, [json.dumps({"privileged": spec.privileged}).encode()],
-                        fds[:1])
+        # pid 1 first: it renames itself nsmagic-init at once, while the payload process is
+        # still reading its request, so the payload's `ps` sees a container like any other.
+        socket.send_fds(self.sync, [b"go"], fds[:1])
+        socket.send_fds(self.payload_sync, [request], fds)
         self.sync.close()
         self.payload_sync.close()
 
@@ -83,7 +91,7 @@ class WarmContainer:
         except OSError:
             pass  # already gone (ESRCH, or EINVAL once its pid namespace is dead)
         try:
-            os.waitpid(self.pid, 0)
+            reap(self.pid)
         except ChildProcessError:
             pass
         os.close(self.pidfd)
@@ -94,21 +102,20 @@ class WarmContainer:
             self.cgroup.remove()
 
 
-def start_warm_container(driver: CgroupDriver | None, own_pid_namespace: int,
-                         keep_closed: list[int] | None = None) -> WarmContainer:
-    """Fork a new warm pid 1 (it gets ready on its own; its sync socket says b'warm')."""
-    cgroup = driver.create(f"w{secrets.token_hex(6)}") if driver is not None else None
+def start_warm_container(driver: CgroupDriver | None, forker: Forker) -> WarmContainer:
+    """Start a new warm pid 1 (it gets ready on its own; its sync socket says b'warm')."""
+    from nsmagic.runtime.supervisor import ContainerFds
+
+    cgroup = driver.create(f"w{os.urandom(6).hex()}") if driver is not None else None
     lifeline_read, lifeline_write = os.pipe2(os.O_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     payload_ours, payload_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        syscalls.unshare(syscalls.CLONE_NEWPID)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                _warm_main(theirs.fileno(), payload_theirs.fileno(), lifeline_read, cgroup)
-        finally:
-            syscalls.setns(own_pid_namespace, syscalls.CLONE_NEWPID)
+        forker.spawn("warm", {"dirs": cgroup.directories() if cgroup is not None else []},
+                     ContainerFds(sync=theirs.fileno(), data=payload_theirs.fileno(),
+                                  lifeline=lifeline_read))
+        theirs.close()
+        pid, error = _pid_and_error(ours)
     except BaseException:
         os.close(lifeline_write)
         ours.close()
@@ -120,11 +127,41 @@ def start_warm_container(driver: CgroupDriver | None, own_pid_namespace: int,
         os.close(lifeline_read)
         theirs.close()
         payload_theirs.close()
-    return WarmContainer(pid, os.pidfd_open(pid), ours, payload_ours, lifeline_write, cgroup)
+    warm = WarmContainer(pid, os.pidfd_open(pid), ours, payload_ours, lifeline_write, cgroup)
+    if error is not None:
+        warm.discard()
+        raise OSError(f"the warm container did not start: {error}")
+    return warm
+
+
+def _pid_and_error(sync: socket.socket) -> tuple[int, str | None]:
+    # pid 1 may fail, and say so, before the process that forked it reports its pid.
+    error = None
+    while True:
+        reply = sync.recv(4096)
+        if reply.startswith(b"pid:"):
+            return int(reply[4:]), error
+        if not reply:
+            raise OSError(f"the warm container did not start ({error or 'no pid reported'})")
+        error = reply.removeprefix(b"error:").decode(errors="replace")
+
+
+def start_warm_process(request: dict, body: bytes, fds: ContainerFds) -> int:
+    """In the fork helper's intermediate process: fork a warm pid 1 into a new pid namespace
+    and report its pid on the sync socket; return our exit code."""
+    syscalls.unshare(syscalls.CLONE_NEWPID)  # for our next child only
+    pid = os.fork()
+    if pid == 0:
+        _warm_main(fds.sync, fds.data, fds.lifeline, request["dirs"])
+    try:
+        socket.socket(fileno=fds.sync).send(f"pid:{pid}".encode())
+    except OSError:
+        return 1  # the server gave up on this container (and killed it): nobody to tell
+    return 0
 
 
 def _warm_main(sync_fd: int, payload_sync_fd: int, lifeline_fd: int,
-               cgroup: Cgroup | None) -> NoReturn:
+               cgroup_directories: list[str]) -> NoReturn:
     from nsmagic.runtime.supervisor import SETUP_FAILED, ContainerFds, explain
 
     code = SETUP_FAILED
@@ -133,7 +170,7 @@ def _warm_main(sync_fd: int, payload_sync_fd: int, lifeline_fd: int,
         fds = ContainerFds(sync=sync_fd, data=payload_sync_fd, lifeline=lifeline_fd).keep_only()
         sync = socket.socket(fileno=fds.sync)
         payload_sync = socket.socket(fileno=fds.data)
-        code = _warm_up_and_run(sync, payload_sync, fds.lifeline, cgroup)
+        code = _warm_up_and_run(sync, payload_sync, fds.lifeline, cgroup_directories)
     except BaseException as error:  # noqa: BLE001 - a child never returns to the server loop
         if sync is not None:
             try:
@@ -147,49 +184,52 @@ def _warm_main(sync_fd: int, payload_sync_fd: int, lifeline_fd: int,
 
 
 def _warm_up_and_run(sync: socket.socket, payload_sync: socket.socket, lifeline_fd: int,
-                     cgroup: Cgroup | None) -> int:
-    """pid 1 of a warm container: get into the cgroup and namespaces, pre-fork the payload
-    process, then wait to be handed a payload (or to be discarded)."""
+                     cgroup_directories: list[str]) -> int:
+    """pid 1 of a warm container: get into the cgroup and namespaces, fork the payload process
+    (which prepares the namespaces and waits for its payload), then wait for the container's
+    message socket (or to be discarded)."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    if cgroup is not None:
-        cgroup.attach(0)  # ourselves: the slow write happens here, not in the fork server
-    profile = warm_profile()
-    syscalls.unshare(namespaces.flags_for(profile.namespaces - {"pid"}))
-    warnings = prepare_namespaces(profile, cgroup.directories() if cgroup else [])
+    join_cgroup(cgroup_directories)  # the slow write happens here, not in the fork server
+    syscalls.unshare(namespaces.flags_for(warm_profile().namespaces - {"pid"}))
+    # pid 1 does as little as it can: each page it writes is a private copy for the life of
+    # the container. What both processes need is done once, before the fork.
+    os.chdir("/")
+    capabilities.drop_bounding_set()
     init = PidOne(lifeline_fd)
     syscalls.set_process_name("nsmagic-warm")
-    payload_pid = init.fork_payload(lambda: _payload_when_asked(payload_sync, warnings),
-                                    close_in_child=[sync.fileno()])
+    payload_pid = init.fork_payload(
+        lambda: _payload_when_asked(payload_sync, cgroup_directories),
+        close_in_child=[sync.fileno()])
     payload_sync.close()
-    sync.send(_READY)
-    message, fds, _, _ = socket.recv_fds(sync, 1 << 16, 1)
+    message, fds, _, _ = socket.recv_fds(sync, 16, 1)
     if not message:
         return 0  # discarded: the payload process dies with us, as pid 1
     syscalls.set_process_name("nsmagic-init")
     sync.close()
-    return init.supervise(payload_pid, fds[0], json.loads(message).get("privileged", False))
+    return init.supervise(payload_pid, fds[0])
 
 
-def _payload_when_asked(sync: socket.socket, warnings: list[str]) -> int:
-    """The pre-forked payload process: wait for the payload, then run it."""
-    from nsmagic.runtime.supervisor import send_quietly
+def _payload_when_asked(sync: socket.socket, cgroup_directories: list[str]) -> int:
+    """The pre-forked payload process: prepare the namespaces, say b'warm', wait for the
+    launch request, then run it."""
+    from nsmagic.runtime.supervisor import SETUP_FAILED, explain, redirect_stdio, send_quietly
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(signum, signal.SIG_DFL)
-    message, fds, _, _ = socket.recv_fds(sync, 1 << 16, 4)
+    try:
+        warnings = prepare_namespaces(warm_profile(), cgroup_directories)
+    except Exception as error:  # noqa: BLE001 - the server drops this warm container
+        sync.send(f"error:{explain(error)}".encode()[:4000])
+        return SETUP_FAILED
+    sync.send(_READY)
+    message, fds, _, _ = socket.recv_fds(sync, protocol.MAX_MESSAGE, 4)
     if not message:
         return 0
+    syscalls.set_process_name("nsmagic-init")  # as in a container created on request
     sync.close()
     request = json.loads(message)
     spec = ContainerSpec.from_wire(request["spec"])
     payload = Payload.from_wire(request["payload"])
     ctl_fd, stdout_fd, stderr_fd, data_fd = fds
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(stdout_fd, 1)
-    os.dup2(stderr_fd, 2)
-    for fd in (devnull, stdout_fd, stderr_fd):
-        os.close(fd)
+    redirect_stdio(stdout_fd, stderr_fd)
     name_host(spec)
     send_quietly(ctl_fd, {"event": "ready", "warnings": warnings})
     return run_payload(payload, ctl_fd, spec.env, spec.cwd, data_fd, spec.privileged)

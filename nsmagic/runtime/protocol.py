@@ -42,10 +42,14 @@ def _send(sock: socket.socket, data: bytes, fds: list[int] | None) -> None:
 
 def receive(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any] | None, list[int]]:
     """Receive one message and its descriptors; (None, []) when the peer has closed."""
+    data, fds = receive_raw(sock, max_fds)
+    return (json.loads(data) if data is not None else None), fds
+
+
+def receive_raw(sock: socket.socket, max_fds: int = 0) -> tuple[bytes | None, list[int]]:
+    """Like receive, with the message's bytes undecoded (to pass them on as they are)."""
     if max_fds:
         data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, max_fds)
     else:
         data, fds = sock.recv(MAX_MESSAGE), []
-    if not data:
-        return None, list(fds)
-    return json.loads(data), list(fds)
+    return (data or None), list(fds)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -74,7 +73,7 @@ class ContainerSpec:
     cgroup: str | None = None  # run in this existing nsmagic cgroup instead of a fresh one
     net: str = "none"  # none (own namespace, lo), bridge, host, or container:<host pid>
     privileged: bool = False  # keep every capability and allow privilege gains (loudly)
-    container_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    container_id: str = field(default_factory=lambda: os.urandom(6).hex())
 
     def mount_options(self) -> MountOptions:
         """The mount namespace's shape, for the isolation layer."""

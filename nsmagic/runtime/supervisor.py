@@ -14,9 +14,11 @@ from typing import NoReturn
 from nsmagic.cgroups.base import Cgroup, CgroupDriver
 from nsmagic.cgroups.limits import format_size
 from nsmagic.errors import ContainerSetupError
-from nsmagic.isolation import namespaces, network, syscalls
+from nsmagic.isolation import capabilities, namespaces, network, syscalls
 from nsmagic.runtime import protocol
-from nsmagic.runtime.init import run_init, setup_inside
+from nsmagic.runtime.forker import Forker, reap
+from nsmagic.runtime.init import PidOne, setup_inside
+from nsmagic.runtime.payload import run_payload
 from nsmagic.runtime.pool import WarmContainer
 from nsmagic.runtime.spec import ContainerSpec, Payload
 
@@ -103,20 +105,21 @@ class SupervisedContainer:
             os.close(fd)
 
     # -- creation ------------------------------------------------------------------------
-    def create(self, own_pid_namespace: int) -> None:
-        """Create the container; raise ContainerSetupError naming the step that failed.
+    def create(self, forker: Forker, request: bytes) -> None:
+        """Create the container from the launch request (the notebook's bytes, which its
+        main process parses); raise ContainerSetupError naming the step that failed.
 
         On failure the caller reports it on the message socket, then calls release().
         """
         step = Step()
         try:
-            self._create(step, own_pid_namespace)
+            self._create(step, forker, request)
         except Exception as error:  # noqa: BLE001 - turned into one message for the user
             raise ContainerSetupError(f"{step.name}: {explain(error)}") from error
         finally:
             self._close_payload_fds()
 
-    def _create(self, step: Step, own_pid_namespace: int) -> None:
+    def _create(self, step: Step, forker: Forker, request: bytes) -> None:
         if self.spec.cgroup is not None:
             step(f"opening the cgroup {self.spec.cgroup}")
             if self.cgroup_driver is None:
@@ -145,40 +148,29 @@ class SupervisedContainer:
                            join_user=join_user, join_net=join_net)
         directories = self.cgroup.directories() if self.cgroup is not None else []
         step("forking the container's first process")
-        if userns:
-            # A pid namespace must belong to the new user namespace (or root inside could not
-            # mount its /proc), so an intermediate process creates both, then forks pid 1.
-            child = os.fork()
-            if child == 0:
-                _child_main(_setup_process, fds, self.spec, self.payload, directories)
-        else:
-            # Root needs no intermediate: a new pid namespace for our next child only, then
-            # back to our own, so this server keeps forking into fresh namespaces.
-            if "pid" in self.spec.namespaces:
-                syscalls.unshare(syscalls.CLONE_NEWPID)
-            try:
-                child = os.fork()
-                if child == 0:
-                    _child_main(_init_process, fds, self.spec, self.payload, directories)
-            finally:
-                if "pid" in self.spec.namespaces:
-                    syscalls.setns(own_pid_namespace, syscalls.CLONE_NEWPID)
-        for fd in (lifeline_read, join_user, join_net):
-            if fd is not None:
-                os.close(fd)
-        theirs.close()
+        try:
+            # With a user namespace, the forked process is the set-up process (see
+            # start_container_process); without, it only forks pid 1 and exits.
+            child = forker.spawn("container", Launch.header(self.spec, directories), fds,
+                                 request)
+        finally:
+            for fd in (lifeline_read, join_user, join_net):
+                if fd is not None:
+                    os.close(fd)
+            theirs.close()
         try:
             self._drive_setup(step, child, ours, userns)
         finally:
             ours.close()
-            if userns:
-                os.waitpid(child, 0)
         self._announce(warm=False)
 
     def _drive_setup(self, step: Step, child: int, sync: socket.socket, userns: bool) -> None:
         if not userns:
-            # pid 1 is our child; track it before anything can fail.
-            self.init_pid = child
+            # pid 1 is (about to be) our child; track it before anything can fail.
+            reply = _expect(sync, step)
+            if not reply.startswith(b"pid:"):
+                raise RuntimeError(f"the container's first process did not start ({reply!r})")
+            self.init_pid = child = int(reply[4:])
             self.pidfd = os.pidfd_open(child)
         if self.cgroup is not None:
             step("moving the container into its cgroup")
@@ -211,12 +203,13 @@ class SupervisedContainer:
                 raise RuntimeError("pid 1 ended while configuring its network")
         sync.send(b"run")
 
-    def adopt(self, warm: WarmContainer) -> None:
-        """Take over a pre-warmed pid 1 instead of creating one (see pool.py)."""
+    def adopt(self, warm: WarmContainer, request: bytes) -> None:
+        """Take over a pre-warmed pid 1 instead of creating one (see pool.py); request is the
+        launch request as it came, which the payload process reads itself."""
         try:
             self.cgroup, self.init_pid, self.pidfd = warm.cgroup, warm.pid, warm.pidfd
             self._lifeline_write = warm.lifeline_write
-            warm.hand_over(self.spec, self.payload,
+            warm.hand_over(self.spec, request,
                            [self.ctl.fileno(), self.stdout_fd, self.stderr_fd, self.data_fd])
         except Exception as error:  # noqa: BLE001
             raise ContainerSetupError(f"handing over to a warm container: {explain(error)}") \
@@ -254,7 +247,7 @@ class SupervisedContainer:
 
     def reap(self) -> None:
         """pid 1 has ended: collect its status, tell the notebook, release everything."""
-        _, wait_status = os.waitpid(self.init_pid, 0)
+        wait_status = reap(self.init_pid)
         self.init_pid = None  # reaped: the number may belong to someone else from now on
         if os.WIFSIGNALED(wait_status):
             status = {"signal": os.WTERMSIG(wait_status)}
@@ -293,7 +286,7 @@ class SupervisedContainer:
         if self.init_pid is not None:
             self.kill()
             try:
-                os.waitpid(self.init_pid, 0)
+                reap(self.init_pid)
             except ChildProcessError:
                 pass
             self.init_pid = None
@@ -332,14 +325,56 @@ def _expect(sync: socket.socket, step: Step) -> bytes:
     return reply
 
 
-# -- the container's own processes (run in forked children of the server) ---------------
-def _child_main(function, fds: ContainerFds, spec: ContainerSpec, payload: Payload,  # noqa: ANN001
-                cgroup_directories: list[str]) -> NoReturn:
-    """Keep only this container's descriptors, then run function(spec, payload, fds, dirs)."""
+# -- the container's own processes (forked by the fork helper) -----------------------------
+class Launch:
+    """A container's launch as its own processes see it: the few fields pid 1 needs, from
+    a small header, and the notebook's request, parsed only by the process that runs it."""
+
+    def __init__(self, header: dict, request: bytes) -> None:
+        self.namespaces = frozenset(header["namespaces"])
+        self.privileged = bool(header["privileged"])
+        self.cgroup_directories: list[str] = header["dirs"]
+        self.request = request
+
+    @staticmethod
+    def header(spec: ContainerSpec, cgroup_directories: list[str]) -> dict:
+        """The header for a spec (in the fork server)."""
+        return {"namespaces": sorted(spec.namespaces), "privileged": spec.privileged,
+                "dirs": cgroup_directories}
+
+    def parse(self) -> tuple[ContainerSpec, Payload]:
+        """The spec and payload of the request."""
+        request = json.loads(self.request)
+        return ContainerSpec.from_wire(request["spec"]), Payload.from_wire(request["payload"])
+
+
+def start_container_process(header: dict, request: bytes, fds: ContainerFds) -> int:
+    """In the fork helper's intermediate process: become the user-namespace set-up process,
+    or fork pid 1 into a new pid namespace and report its pid; return our exit code."""
+    launch = Launch(header, request)
+    if "user" in launch.namespaces:
+        # A pid namespace must belong to the new user namespace (or root inside could not
+        # mount its /proc), so this process creates both, then forks pid 1.
+        _child_main(_setup_process, fds, launch)
+    sync = socket.socket(fileno=fds.sync)
+    try:
+        if "pid" in launch.namespaces:
+            syscalls.unshare(syscalls.CLONE_NEWPID)  # for our next child only
+        init_pid = os.fork()
+        if init_pid == 0:
+            _child_main(_init_process, fds, launch)
+        sync.send(f"pid:{init_pid}".encode())
+    except Exception as error:  # noqa: BLE001 - handed to the server to report
+        return _report_error(sync, "starting pid 1", error)
+    return 0
+
+
+def _child_main(function, fds: ContainerFds, launch: Launch) -> NoReturn:  # noqa: ANN001
+    """Keep only this container's descriptors, then run function(launch, fds)."""
     code = SETUP_FAILED
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        code = function(spec, payload, fds.keep_only(), cgroup_directories)
+        code = function(launch, fds.keep_only())
     except BaseException:  # noqa: BLE001 - a child must never return into the server's loop
         traceback.print_exc()
     finally:
@@ -351,14 +386,13 @@ def _report_error(sync: socket.socket, step: str, error: BaseException) -> int:
     return SETUP_FAILED
 
 
-def _setup_process(spec: ContainerSpec, payload: Payload, fds: ContainerFds,
-                   cgroup_directories: list[str]) -> int:
+def _setup_process(launch: Launch, fds: ContainerFds) -> int:
     """User-namespace path: create every namespace, get mapped, fork pid 1, exit."""
     sync = socket.socket(fileno=fds.sync)
     step = "creating namespaces"
     try:
         sync.recv(16)
-        flags = namespaces.flags_for(spec.namespaces)
+        flags = namespaces.flags_for(launch.namespaces)
         if fds.join_user is not None:
             # Sharing another container's network: enter its user namespace (where we are
             # already mapped), then its network namespace, and create only the rest.
@@ -376,40 +410,55 @@ def _setup_process(spec: ContainerSpec, payload: Payload, fds: ContainerFds,
         step = "starting pid 1"
         init_pid = os.fork()
         if init_pid == 0:
-            os._exit(_init_inside(spec, payload, fds, sync, cgroup_directories))
+            os._exit(_init_inside(launch, fds, sync))
         sync.send(f"pid:{init_pid}".encode())
     except Exception as error:  # noqa: BLE001 - handed to the server to report
         return _report_error(sync, step, error)
     return 0
 
 
-def _init_process(spec: ContainerSpec, payload: Payload, fds: ContainerFds,
-                  cgroup_directories: list[str]) -> int:
+def _init_process(launch: Launch, fds: ContainerFds) -> int:
     """Root path: we are pid 1 already; wait for our cgroup, then create the namespaces."""
     sync = socket.socket(fileno=fds.sync)
     try:
         sync.recv(16)
-        flags = namespaces.flags_for(spec.namespaces - {"pid"})
+        flags = namespaces.flags_for(launch.namespaces - {"pid"})
         if fds.join_net is not None:
             syscalls.setns(fds.join_net, syscalls.CLONE_NEWNET)
         syscalls.unshare(flags)
     except Exception as error:  # noqa: BLE001
         return _report_error(sync, "creating namespaces", error)
-    return _init_inside(spec, payload, fds, sync, cgroup_directories)
+    return _init_inside(launch, fds, sync)
 
 
-def _init_inside(spec: ContainerSpec, payload: Payload, fds: ContainerFds,
-                 sync: socket.socket, cgroup_directories: list[str]) -> int:
+def _init_inside(launch: Launch, fds: ContainerFds, sync: socket.socket) -> int:
+    """pid 1, in the container's namespaces: fork the container's main process at once, then
+    supervise it. The main process sets the namespaces up and runs the payload; pid 1 does no
+    more than it must, as each page it writes stays a private copy for the container's life.
+    """
     syscalls.set_process_name("nsmagic-init")
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(fds.stdout, 1)
-    os.dup2(fds.stderr, 2)
-    for fd in (devnull, fds.stdout, fds.stderr):
-        os.close(fd)
-    step = "setting up inside the container"
+    redirect_stdio(fds.stdout, fds.stderr)
+    # pivot_root (--rootfs) moves each process whose root and working directory are the old
+    # root to the new one: be such a process.
+    os.chdir("/")
+    if not launch.privileged:
+        capabilities.drop_bounding_set()  # once, for both processes
+    init = PidOne(fds.lifeline)
+    main_pid = init.fork_payload(lambda: _set_up_and_run(launch, fds, sync))
+    sync.close()
+    if fds.data is not None:
+        os.close(fds.data)  # only the payload talks on it
+    return init.supervise(main_pid, fds.ctl, launch.privileged)
+
+
+def _set_up_and_run(launch: Launch, fds: ContainerFds, sync: socket.socket) -> int:
+    """The container's main process: set the namespaces up, then run the payload."""
+    step = "reading the request"
     try:
-        warnings = setup_inside(spec, cgroup_directories if "cgroup" in spec.namespaces else [])
+        spec, payload = launch.parse()
+        step = "setting up inside the container"
+        directories = launch.cgroup_directories if "cgroup" in spec.namespaces else []
+        warnings = setup_inside(spec, directories)
         sync.send(b"ready")
         message = sync.recv(4096)
         if message.startswith(b"net:"):
@@ -423,7 +472,17 @@ def _init_inside(spec: ContainerSpec, payload: Payload, fds: ContainerFds,
         return _report_error(sync, step, error)
     sync.close()
     send_quietly(fds.ctl, {"event": "ready", "warnings": warnings})
-    return run_init(spec, payload, fds.ctl, fds.lifeline, fds.data)
+    return run_payload(payload, fds.ctl, spec.env, spec.cwd, fds.data, spec.privileged)
+
+
+def redirect_stdio(stdout_fd: int, stderr_fd: int) -> None:
+    """Make fds 1 and 2 the container's output pipes and 0 /dev/null; close the originals."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(stdout_fd, 1)
+    os.dup2(stderr_fd, 2)
+    for fd in (devnull, stdout_fd, stderr_fd):
+        os.close(fd)
 
 
 def send_quietly(ctl: socket.socket | int, message: dict) -> None:

@@ -4,6 +4,7 @@ the runtime imported, that creates containers on request and supervises them all
 from __future__ import annotations
 
 import gc
+import json
 import os
 import selectors
 import signal
@@ -15,6 +16,7 @@ from nsmagic.cgroups.base import CgroupDriver
 from nsmagic.errors import ContainerSetupError
 from nsmagic.isolation import network, syscalls
 from nsmagic.runtime import pool, protocol
+from nsmagic.runtime.forker import Forker
 from nsmagic.runtime.spec import ContainerSpec, Payload
 from nsmagic.runtime.supervisor import SupervisedContainer, send_quietly
 
@@ -34,7 +36,7 @@ class ForkServer:
         self.selector = selectors.DefaultSelector()
         self.containers: set[SupervisedContainer] = set()
         self.owner_pid = os.getppid()
-        self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self.forker = Forker()
         self._driver: CgroupDriver | None | bool = False  # False: not detected yet
         self._served = 0
         self.pool_size = 0 if once else pool.pool_size_from_environment()
@@ -87,6 +89,7 @@ class ForkServer:
                 _quietly(container.release)
             if self.bridge is not None:
                 _quietly(self.bridge.remove)
+            self.forker.close()
 
     # -- the warm pool -------------------------------------------------------------------
     def _pool_wants_more(self) -> bool:
@@ -100,13 +103,12 @@ class ForkServer:
 
     def _add_warm_container(self) -> None:
         try:
-            warm = pool.start_warm_container(self.cgroup_driver_for_pool(),
-                                             self.own_pid_namespace)
+            warm = pool.start_warm_container(self.cgroup_driver_for_pool(), self.forker)
         except Exception:  # noqa: BLE001 - warm containers are an optimisation only
             self._warm_failures += 1
             return
         self.warm.append(warm)
-        self.selector.register(warm.sync, selectors.EVENT_READ, (warm, "warm"))
+        self.selector.register(warm.payload_sync, selectors.EVENT_READ, (warm, "warm"))
 
     def cgroup_driver_for_pool(self) -> CgroupDriver | None:
         """Warm containers get a cgroup only where real cgroups exist."""
@@ -115,7 +117,7 @@ class ForkServer:
 
     def _handle_warm_message(self, warm: pool.WarmContainer) -> None:
         try:
-            message = warm.sync.recv(4096)
+            message = warm.payload_sync.recv(4096)
         except OSError:
             message = b""
         if message == b"warm":
@@ -124,7 +126,7 @@ class ForkServer:
         # It died or failed to get ready: drop it.
         self._warm_failures += 1
         self.warm.remove(warm)
-        self.selector.unregister(warm.sync)
+        self.selector.unregister(warm.payload_sync)
         warm.discard()
 
     def _take_warm(self, spec: ContainerSpec) -> pool.WarmContainer | None:
@@ -135,19 +137,20 @@ class ForkServer:
         for warm in self.warm:
             if warm.ready:
                 self.warm.remove(warm)
-                self.selector.unregister(warm.sync)
+                self.selector.unregister(warm.payload_sync)
                 return warm
         return None
 
     def _handle_request(self) -> bool:
-        request, fds = protocol.receive(self.control, max_fds=4)
-        if request is None:
+        data, fds = protocol.receive_raw(self.control, max_fds=4)
+        if data is None:
             return False
+        request = json.loads(data)
         op = request.get("op")
         if op == "ping":
             protocol.send(self.control, {"pong": os.getpid()})
         elif op == "launch":
-            self._launch(request, fds)
+            self._launch(request, data, fds)
             fds = []
             if self.once:
                 # A one-shot server lives as long as its container, whatever the caller does
@@ -158,7 +161,7 @@ class ForkServer:
             os.close(fd)
         return True
 
-    def _launch(self, request: dict, fds: list[int]) -> None:
+    def _launch(self, request: dict, data: bytes, fds: list[int]) -> None:
         ctl_fd = fds[2]
         self._served += 1
         try:
@@ -176,9 +179,9 @@ class ForkServer:
         warm = self._take_warm(spec)
         try:
             if warm is not None:
-                container.adopt(warm)
+                container.adopt(warm, data)
             else:
-                container.create(self.own_pid_namespace)
+                container.create(self.forker, data)
         except Exception as error:  # noqa: BLE001 - one container's failure never ends the server
             if isinstance(error, ContainerSetupError):
                 step, _, message = str(error).partition(": ")
@@ -254,13 +257,16 @@ def main() -> None:
     """Entry point: python -m nsmagic.runtime.zygote FD [--once]."""
     syscalls.set_process_name("nsmagic-zygote")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # When a user-namespace container's set-up process exits, its pid 1 comes to us.
+    # Container processes are forked by the fork helper's short-lived intermediates; as a
+    # subreaper we become their parent when those exit, so we can wait for them.
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     control = socket.socket(fileno=int(sys.argv[1]))
     server = ForkServer(control, once="--once" in sys.argv[2:])
     # Objects imported so far are never collected: freezing them keeps the collector from
     # writing to their pages in every forked child (which would copy those pages).
     gc.freeze()
+    # The fork helper starts now, while our memory is exactly what every container needs.
+    server.forker.start()
     server.serve()
 
 
