@@ -18,6 +18,21 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
                      signal.SIGUSR1, signal.SIGUSR2)
 
 
+def _find_native_init() -> str | None:
+    # Found once, in the fork server: inside a container the path may not exist any more.
+    if os.environ.get("NSMAGIC_INIT", "native") == "python":
+        return None
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "native", "nsmagic-init")
+    return path if os.access(path, os.X_OK) else None
+
+
+# nsmagic-init (nsmagic/native/nsmagic-init.c), built with the package when a C compiler was
+# there: pid 1 executes it once the payload is forked, so that an idle container keeps one
+# forked interpreter, not two. None: pid 1 stays this module's Python (NSMAGIC_INIT=python).
+NATIVE_INIT = _find_native_init()
+
+
 def setup_inside(spec: ContainerSpec, cgroup_directories: list[str] = ()) -> list[str]:
     """Configure the namespaces this process was created in; return warnings for the user.
 
@@ -58,6 +73,9 @@ class PidOne:
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_write, warn_on_full_buffer=False)
         self.pending: list[int] = []
+        # Opened now, before the payload process changes the root filesystem (--rootfs).
+        self.native_init = (os.open(NATIVE_INIT, os.O_PATH | os.O_CLOEXEC)
+                            if NATIVE_INIT is not None else None)
         # pid 1 ignores every signal it has no handler for, so forwarding needs real handlers.
         for signum in (*FORWARDED_SIGNALS, signal.SIGCHLD):
             signal.signal(signum, self._remember)
@@ -74,6 +92,8 @@ class PidOne:
             os.close(self.lifeline_fd)
             os.close(self.wake_read)
             os.close(self.wake_write)
+            if self.native_init is not None:
+                os.close(self.native_init)
             signal.set_wakeup_fd(-1)
             # pid 1's handlers only note a signal down: here they would swallow it.
             for signum in (*FORWARDED_SIGNALS, signal.SIGCHLD):
@@ -86,7 +106,12 @@ class PidOne:
         return payload_pid
 
     def supervise(self, payload_pid: int, ctl_fd: int, privileged: bool = False) -> int:
-        """Wait for the payload, report how it ended, kill what it left; return our exit code."""
+        """Wait for the payload, report how it ended, kill what it left; return our exit code.
+
+        With nsmagic-init, that program does it all in our place and this never returns.
+        """
+        if self.native_init is not None:
+            self._become_native_init(payload_pid, ctl_fd, privileged)
         if not privileged:
             # pid 1 needs no privilege from here on, and the payload must not borrow any.
             capabilities.make_undumpable()
@@ -95,6 +120,27 @@ class PidOne:
         protocol.send(ctl_fd, {"event": "payload-exited", **status})
         _kill_leftovers()
         return status.get("code", 128 + status.get("signal", 0))
+
+
+    def _become_native_init(self, payload_pid: int, ctl_fd: int, privileged: bool) -> None:
+        """Execute nsmagic-init with the same duties; return only if that fails."""
+        watched = {*FORWARDED_SIGNALS, signal.SIGCHLD}
+        # Blocked signals stay pending across execve, where nsmagic-init reads them: none is
+        # lost. Those that arrived earlier were noted by _remember: pass them on now.
+        signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+        for signum in self.pending:
+            if signum != signal.SIGCHLD:
+                _signal_quietly(payload_pid, signum)
+        self.pending.clear()
+        os.set_inheritable(ctl_fd, True)
+        os.set_inheritable(self.lifeline_fd, True)
+        arguments = ["nsmagic-init", str(payload_pid), str(ctl_fd), str(self.lifeline_fd)]
+        try:
+            os.execve(self.native_init, arguments + (["privileged"] if privileged else []), {})
+        except OSError as error:
+            # A dynamically linked build cannot start once the root has moved (--rootfs).
+            os.write(2, f"nsmagic: pid 1 stays in Python ({error.strerror})\n".encode())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
 
 
 def _supervise_payload(payload_pid: int, wake_fd: int, lifeline_fd: int,
@@ -161,9 +207,9 @@ def _kill_leftovers() -> None:
                 pass
 
 
-def _signal_quietly(pid: int) -> None:
+def _signal_quietly(pid: int, signum: int = signal.SIGKILL) -> None:
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signum)
     except OSError as error:
         if error.errno not in (errno.ESRCH, errno.EPERM):
             raise
