@@ -77,8 +77,8 @@ class WarmContainer:
         'payload') and the container's descriptors [ctl, stdout, stderr, data]."""
         if self.cgroup is not None and not spec.limits.is_empty():
             self.cgroup.apply(spec.limits)
-        # pid 1 first: it renames itself nsmagic-init at once, while the payload process is
-        # still reading its request, so the payload's `ps` sees a container like any other.
+        # pid 1 first: its nsmagic-init takes over at once, while the payload process is
+        # still reading its request.
         socket.send_fds(self.sync, [b"go"], fds[:1])
         socket.send_fds(self.payload_sync, [request], fds)
         self.sync.close()
@@ -195,8 +195,7 @@ def _warm_up_and_run(sync: socket.socket, payload_sync: socket.socket, lifeline_
     # the container. What both processes need is done once, before the fork.
     os.chdir("/")
     capabilities.drop_bounding_set()
-    init = PidOne(lifeline_fd)
-    syscalls.set_process_name("nsmagic-warm")
+    init = PidOne(lifeline_fd)  # nsmagic-init already: the payload's `ps` must see no other
     payload_pid = init.fork_payload(
         lambda: _payload_when_asked(payload_sync, cgroup_directories),
         close_in_child=[sync.fileno()])
@@ -204,7 +203,6 @@ def _warm_up_and_run(sync: socket.socket, payload_sync: socket.socket, lifeline_
     message, fds, _, _ = socket.recv_fds(sync, 16, 1)
     if not message:
         return 0  # discarded: the payload process dies with us, as pid 1
-    syscalls.set_process_name("nsmagic-init")
     sync.close()
     return init.supervise(payload_pid, fds[0])
 
@@ -214,6 +212,7 @@ def _payload_when_asked(sync: socket.socket, cgroup_directories: list[str]) -> i
     launch request, then run it."""
     from nsmagic.runtime.supervisor import SETUP_FAILED, explain, redirect_stdio, send_quietly
 
+    syscalls.set_process_name("nsmagic-warm")  # how `ps` on the host tells the pool apart
     try:
         warnings = prepare_namespaces(warm_profile(), cgroup_directories)
     except Exception as error:  # noqa: BLE001 - the server drops this warm container

@@ -24,7 +24,8 @@ from nsmagic.magics.cgroup import CgroupError, CgroupMagics
 from nsmagic.runtime.launcher import close_default_launcher
 from nsmagic.runtime.spec import ContainerSpec
 
-from ..conftest import IS_ROOT, our_processes, requires_root, wait_until
+from .. import conftest
+from ..conftest import IS_ROOT, requires_root, wait_until
 
 MiB = 1024 * 1024
 # Warm containers of the fork server's pool keep a group (nsmagic-<pid>-w<12 hex>) while idle;
@@ -35,8 +36,7 @@ _WARM = re.compile(r"^nsmagic-\d+-w[0-9a-f]{12}$")
 def running_containers() -> list[int]:
     """Our container processes (not the fork server, nor the idle containers of its warm
     pool); only this test process's descendants, as other test runs may share the host."""
-    ours = {int(p.split()[0]) for p in our_processes()
-            if p.endswith(("nsmagic-init", "nsmagic-sup"))}
+    ours = {int(p.split()[0]) for p in conftest.running_containers()}
     return sorted(ours & {c.pid for c in psutil.Process().children(recursive=True)})
 
 
