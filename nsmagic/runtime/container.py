@@ -183,7 +183,9 @@ class Container:
             while selector.get_map():
                 try:
                     wait_s = self._next_wait(deadline, escalation)
-                    for key, _ in selector.select(wait_s):
+                    # Messages first: output is never handed on before "started" is known.
+                    events = sorted(selector.select(wait_s), key=lambda e: e[0].data != "ctl")
+                    for key, _ in events:
                         if key.data == "data":
                             chunk = self.data.recv(1 << 20)
                             if chunk:

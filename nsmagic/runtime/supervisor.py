@@ -162,7 +162,6 @@ class SupervisedContainer:
             self._drive_setup(step, child, ours, userns)
         finally:
             ours.close()
-        self._announce(warm=False)
 
     def _drive_setup(self, step: Step, child: int, sync: socket.socket, userns: bool) -> None:
         if not userns:
@@ -201,6 +200,8 @@ class SupervisedContainer:
             sync.send(b"net:" + json.dumps(self.attachment.to_wire()).encode())
             if _expect(sync, step) != b"ok":
                 raise RuntimeError("pid 1 ended while configuring its network")
+        # The notebook side learns pid 1 and the cgroup before the payload can print.
+        self._announce(warm=False)
         sync.send(b"run")
 
     def adopt(self, warm: WarmContainer, request: bytes) -> None:
@@ -209,6 +210,7 @@ class SupervisedContainer:
         try:
             self.cgroup, self.init_pid, self.pidfd = warm.cgroup, warm.pid, warm.pidfd
             self._lifeline_write = warm.lifeline_write
+            self._announce(warm=True)  # before the payload can print
             warm.hand_over(self.spec, request,
                            [self.ctl.fileno(), self.stdout_fd, self.stderr_fd, self.data_fd])
         except Exception as error:  # noqa: BLE001
@@ -216,7 +218,6 @@ class SupervisedContainer:
                 from error
         finally:
             self._close_payload_fds()
-        self._announce(warm=True)
 
     def _announce(self, warm: bool) -> None:
         # Quietly: if the notebook side has gone already, the server notices the closed
