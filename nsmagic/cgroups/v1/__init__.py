@@ -149,12 +149,26 @@ class V1Cgroup(Cgroup):
 
     def remove(self) -> None:
         """Kill, then rmdir the group and its sub-groups in every hierarchy; safe to call twice."""
+        if self._remove_if_empty():
+            return
         if not any(p.exists() for p in self.unique_dirs()):
             return
         self.kill()
         for path in self.unique_dirs():
             for directory in reversed(_walk(path)):
                 _fs.rmdir_retry(directory)
+
+    def _remove_if_empty(self) -> bool:
+        # The usual case, when a container has ended: nothing left inside, no sub-groups.
+        # One rmdir per hierarchy then does it all; anything else takes the long way.
+        for path in self.unique_dirs():
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False
+        return True
 
     def _all_pids(self) -> list[int]:
         found: set[int] = set()

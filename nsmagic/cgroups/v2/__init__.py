@@ -135,8 +135,13 @@ class V2Cgroup(Cgroup):
 
     def remove(self) -> None:
         """Kill, wait for 'populated 0', then rmdir (sub-groups first). Safe to call twice."""
-        if not self.path.exists():
+        try:
+            os.rmdir(self.path)  # the usual case once a container has ended: empty, no sub-groups
             return
+        except FileNotFoundError:
+            return
+        except OSError:
+            pass  # processes or sub-groups inside: the long way
         self.kill()
         for directory in reversed(self._dirs()):
             _fs.rmdir_retry(directory)
