@@ -14,9 +14,12 @@
  *     {"event":"payload-exited","code":N} or {"event":"payload-exited","signal":N},
  *     kills what the payload left running, and exits with its status.
  *
- * Usage (from init.py, never by hand): nsmagic-init PAYLOAD_PID CTL_FD LIFELINE_FD
- * The signals above and SIGCHLD arrive blocked (the mask survives execve), so none is lost
- * between the fork and here; they are read from a signalfd.
+ * Usage (from init.py, never by hand): nsmagic-init PAYLOAD_PID CTL_FD LIFELINE_FD [privileged]
+ * CTL_FD may also be sync:FD, a socket on which the message socket arrives later (SCM_RIGHTS,
+ * with any one-datagram message): a warm container's pid 1 becomes nsmagic-init while idle,
+ * and end of file there means the container was discarded. A fifth argument keeps every
+ * capability (--privileged). The signals above and SIGCHLD arrive blocked (the mask survives
+ * execve), so none is lost between the fork and here; they are read from a signalfd.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -39,6 +42,27 @@ static const int forwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUS
 static pid_t payload;
 static int payload_done;
 static int payload_status;
+
+/* The message socket, from a datagram's SCM_RIGHTS; -1 at end of file (or on error). */
+static int receive_fd(int sock)
+{
+	char data[64];
+	char control[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = {data, sizeof data};
+	struct msghdr message = {0};
+	message.msg_iov = &iov;
+	message.msg_iovlen = 1;
+	message.msg_control = control;
+	message.msg_controllen = sizeof control;
+	if (recvmsg(sock, &message, MSG_CMSG_CLOEXEC) <= 0)
+		return -1;
+	struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+	if (!header || header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS)
+		return -1;
+	int fd;
+	memcpy(&fd, CMSG_DATA(header), sizeof fd);
+	return fd;
+}
 
 /* Reap every zombie without blocking; note the payload's status when it is among them. */
 static void reap(void)
@@ -123,7 +147,11 @@ int main(int argc, char **argv)
 	if (argc != 4 && argc != 5)
 		return 125;
 	payload = (pid_t)atoi(argv[1]);
-	int ctl = atoi(argv[2]);
+	int ctl = -1, sync = -1;
+	if (strncmp(argv[2], "sync:", 5) == 0)
+		sync = atoi(argv[2] + 5);
+	else
+		ctl = atoi(argv[2]);
 	int lifeline = atoi(argv[3]);
 	if (argc == 4)  /* a fifth argument means --privileged: keep every capability */
 		drop_capabilities();
@@ -140,11 +168,22 @@ int main(int argc, char **argv)
 
 	reap();  /* the payload may have ended before we got here */
 	while (!payload_done) {
-		struct pollfd fds[2] = {{signals_fd, POLLIN, 0}, {lifeline, POLLIN, 0}};
-		if (poll(fds, 2, -1) < 0) {
+		struct pollfd fds[3] = {{signals_fd, POLLIN, 0}, {lifeline, POLLIN, 0},
+					{sync, POLLIN, 0}};  /* a negative fd is skipped */
+		if (poll(fds, 3, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			return 125;
+		}
+		if (fds[2].revents) {
+			ctl = receive_fd(sync);
+			close(sync);
+			sync = -1;
+			if (ctl < 0) {
+				/* Discarded before it was used: nobody is waiting for a report. */
+				kill_leftovers();
+				_exit(0);
+			}
 		}
 		if (fds[1].revents) {
 			char byte;
@@ -174,7 +213,8 @@ int main(int argc, char **argv)
 		code = WEXITSTATUS(payload_status);
 		snprintf(message, sizeof message, "{\"event\":\"payload-exited\",\"code\":%d}", code);
 	}
-	send(ctl, message, strlen(message), MSG_NOSIGNAL);
+	if (ctl >= 0)
+		send(ctl, message, strlen(message), MSG_NOSIGNAL);
 	kill_leftovers();
 	return code;
 }

@@ -111,7 +111,8 @@ class PidOne:
         With nsmagic-init, that program does it all in our place and this never returns.
         """
         if self.native_init is not None:
-            self._become_native_init(payload_pid, ctl_fd, privileged)
+            os.set_inheritable(ctl_fd, True)
+            self._become_native_init(payload_pid, str(ctl_fd), privileged)
         if not privileged:
             # pid 1 needs no privilege from here on, and the payload must not borrow any.
             capabilities.make_undumpable()
@@ -122,8 +123,22 @@ class PidOne:
         return status.get("code", 128 + status.get("signal", 0))
 
 
-    def _become_native_init(self, payload_pid: int, ctl_fd: int, privileged: bool) -> None:
-        """Execute nsmagic-init with the same duties; return only if that fails."""
+    def wait_then_supervise(self, payload_pid: int, sync: socket.socket) -> int:
+        """A warm pid 1: wait for the container's message socket on sync (end of file: the
+        container is discarded), then supervise. nsmagic-init, if there, does the waiting
+        itself: becoming it now keeps that work out of the container's start."""
+        if self.native_init is not None:
+            os.set_inheritable(sync.fileno(), True)
+            self._become_native_init(payload_pid, f"sync:{sync.fileno()}", privileged=False)
+        message, fds, _, _ = socket.recv_fds(sync, 16, 1)
+        if not message:
+            return 0  # discarded: the payload process dies with us, as pid 1
+        sync.close()
+        return self.supervise(payload_pid, fds[0])
+
+    def _become_native_init(self, payload_pid: int, ctl: str, privileged: bool) -> None:
+        """Execute nsmagic-init with the same duties (ctl: the message socket's number, or
+        sync:N to receive it there); return only if that fails."""
         watched = {*FORWARDED_SIGNALS, signal.SIGCHLD}
         # Blocked signals stay pending across execve, where nsmagic-init reads them: none is
         # lost. Those that arrived earlier were noted by _remember: pass them on now.
@@ -132,14 +147,15 @@ class PidOne:
             if signum != signal.SIGCHLD:
                 _signal_quietly(payload_pid, signum)
         self.pending.clear()
-        os.set_inheritable(ctl_fd, True)
         os.set_inheritable(self.lifeline_fd, True)
-        arguments = ["nsmagic-init", str(payload_pid), str(ctl_fd), str(self.lifeline_fd)]
+        arguments = ["nsmagic-init", str(payload_pid), ctl, str(self.lifeline_fd)]
         try:
             os.execve(self.native_init, arguments + (["privileged"] if privileged else []), {})
         except OSError as error:
             # A dynamically linked build cannot start once the root has moved (--rootfs).
             os.write(2, f"nsmagic: pid 1 stays in Python ({error.strerror})\n".encode())
+            os.close(self.native_init)
+            self.native_init = None
         signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
 
 

@@ -165,3 +165,28 @@ def test_without_nsmagic_init_pid_1_stays_python_and_says_nothing(monkeypatch):
             "sys.exit(0 if i.NATIVE_INIT is None else 1)")
     env = dict(os.environ, NSMAGIC_INIT="python")
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_a_warm_containers_pid_1_is_nsmagic_init_already_while_it_waits(monkeypatch):
+    monkeypatch.setenv("NSMAGIC_POOL", "1")
+    monkeypatch.setenv("NSMAGIC_INIT", "native")
+    launcher = ForkServerLauncher()
+    try:
+        nsmagic.run("pass", launcher=launcher)  # the pool fills once containers are asked for
+
+        def waiting_pid_1() -> list[int]:
+            with open(f"/proc/{launcher.pid}/task/{launcher.pid}/children") as handle:
+                children = [int(pid) for pid in handle.read().split()]
+            return [pid for pid in children if os.path.exists(f"/proc/{pid}/exe")
+                    and os.readlink(f"/proc/{pid}/exe").endswith("/nsmagic-init")]
+
+        assert wait_until(waiting_pid_1, 5)
+        warm = waiting_pid_1()[0]
+        # Killing the waiting payload process discards the warm container, pid 1 with it.
+        with open(f"/proc/{warm}/task/{warm}/children") as handle:
+            os.kill(int(handle.read().split()[0]), signal.SIGKILL)
+        assert wait_until(lambda: not os.path.exists(f"/proc/{warm}"), 5)
+        result = nsmagic.run("print('after')", launcher=launcher)
+        assert result.ok and result.stdout == "after\n"
+    finally:
+        launcher.close()
