@@ -783,6 +783,14 @@ def derive(report: dict[str, Any]) -> None:
 
 
 # -- the run ---------------------------------------------------------------------------------
+def _pid_1_kind() -> str:
+    from nsmagic.runtime.init import NATIVE_INIT
+
+    if NATIVE_INIT is None:
+        return "the Python pid 1 (nsmagic-init was not built, or NSMAGIC_INIT=python)"
+    return "nsmagic-init, the native program (nsmagic/native/nsmagic-init.c, built by setup.py)"
+
+
 def machine_info() -> dict[str, Any]:
     """Kernel, CPU, cores, memory, Python, date and the cgroup set-up of this host."""
     cpu = "unknown"
@@ -888,7 +896,7 @@ def run(runs: int = DEFAULT_RUNS, quick: bool = False, only: list[str] | None = 
                    "order": f"every round runs each benchmark once, in an order shuffled "
                             f"per round (random.Random({SEED}))",
                    "spread": "p10-p90 (statistics.quantiles, inclusive)", "quick": quick,
-                   "figures": FIGURE_METHOD},
+                   "figures": FIGURE_METHOD, "pid_1": _pid_1_kind()},
         "benchmarks": results,
         "figures": figures,
         "notes": ctx.notes,
@@ -1123,7 +1131,8 @@ def format_markdown(report: dict[str, Any]) -> str:
             "the refill get the pool-off figure.",
             "- Exec into a named container is one cell sent to a container that already runs "
             "(no namespace, cgroup or process is created): the request over its socket, `pass` "
-            "run by its pid 1's Python, the reply read back.",
+            "run by the container's main process (its agent, a forked Python), the reply read "
+            "back.",
             "- The idle PSS divides the pages that the containers share with each other and "
             "with the fork server they were forked from among all of them, so it depends on "
             "how many are alive at once; fewer containers (as in `--quick`) read higher. The "
@@ -1140,6 +1149,7 @@ def format_markdown(report: dict[str, Any]) -> str:
             f"- Anchors: {method['anchors']}. The same method for every anchor. (hyperfine, "
             "where installed, gives the same figures minus the spawn floor; it is not used "
             "because it cannot interleave with the API runs.)",
+            f"- pid 1 of every container: {method.get('pid_1', 'not recorded')}.",
             f"- API: {method['api']}. Each configuration has its own fork server, started "
             "and warmed before timing; `NSMAGIC_POOL` is set to 0 for the no-pool rows and "
             "left at its default for the warm-pool rows.",
