@@ -255,9 +255,12 @@ def resolve_versions(flavour: str, *, cache: Path | None = None) -> dict[str, st
     known = known if known.get("stamp") == stamp else {"stamp": stamp}
     known[flavour] = versions
     memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_name(f".resolved.{os.getpid()}.json")
-    tmp.write_text(json.dumps(known))
-    tmp.replace(memo)
+    # A name of its own for each writer, threads of one process included: a shared one was
+    # renamed away by the first writer under the second (FileNotFoundError).
+    fd, tmp = tempfile.mkstemp(prefix=".resolved.", suffix=".json", dir=memo.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(known))
+    os.replace(tmp, memo)
     return versions
 
 
