@@ -416,10 +416,15 @@ def _run_qemu(
     started = time.monotonic()
     try:
         # A Ctrl-C landing inside Popen (after the fork, before we hold the process) would
-        # leave a qemu nobody kills: hold SIGINT back until it is recorded.
-        masked = threading.current_thread() is threading.main_thread()
+        # leave a qemu nobody kills: hold the KeyboardInterrupt back until it is recorded.
+        # (Masking SIGINT in this thread is not enough: the kernel then hands it to another
+        # thread, and Python still raises it here.)
+        deferred: list[int] = []
+        previous = signal.getsignal(signal.SIGINT)
+        # Only the main thread may set handlers, and one installed from C cannot be put back.
+        masked = threading.current_thread() is threading.main_thread() and previous is not None
         if masked:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            signal.signal(signal.SIGINT, lambda signum, _frame: deferred.append(signum))
         try:
             proc = subprocess.Popen(
                 argv,
@@ -435,7 +440,12 @@ def _run_qemu(
                 _live.add(proc)
         finally:
             if masked:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+                signal.signal(signal.SIGINT, previous)
+        if deferred:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
         if cgroup is not None:
             cgroup.attach(proc.pid)  # still the gate's shell: qemu is not running yet
             proc.stdin.write(b"go\n")
