@@ -303,7 +303,7 @@ class _Passthrough:
         return True
 
     def _deliver_pending(self) -> None:
-        while self.pending and self.container._pidfd is not None:
+        while self.pending and self.container.pid_known:
             try:
                 self.container.send_signal(self.pending.pop(0))
             except OSError:
@@ -311,7 +311,7 @@ class _Passthrough:
 
     def on_signal(self, signum: int, frame: object) -> None:
         """Signal handler: pass it on now, or once pid 1 is known."""
-        if self.container._pidfd is not None:
+        if self.container.pid_known:
             self.container.send_signal(signum)
         else:
             self.pending.append(signum)
@@ -355,8 +355,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except SpecError as error:
             return _usage_error("run", str(error))
         # Raw bytes: take the output pipes from the Container, which would decode them.
-        passthrough.start(container._pipes)
-        container._pipes = {}
+        passthrough.start(container.take_output_fds())
         try:
             result = container.wait(timeout=args.timeout)
         except TimeoutError:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nsmagic.cgroups.limits import Limits
-from nsmagic.errors import ContainerSetupError
+from nsmagic.errors import ContainerSetupError, NsmagicError
 from nsmagic.runtime import protocol, transfer
 from nsmagic.runtime.launcher import Launcher, default_launcher
 from nsmagic.runtime.registry import KEEP_EXITED, REGISTRY, ContainerRecord
@@ -113,6 +113,7 @@ class Container:
         self._pidfd: int | None = None
         self.data: socket.socket | None = None
         self._held_signals: list[int] = []
+        self._orphaned_cgroup: str | None = None
         self._kind = "python"
         self.result = ContainerResult()
         self._started_at = 0.0
@@ -194,7 +195,7 @@ class Container:
                                 selector.unregister(self.data)
                             continue
                         if key.data == "ctl":
-                            if not self._handle_message():
+                            if not self.handle_message():
                                 selector.unregister(self._ctl)
                                 # Everything ended: give the pipes a moment, not forever
                                 # (a stray writer outside a pid namespace could hold them).
@@ -234,7 +235,7 @@ class Container:
             selector.close()
             self.result.stdout = "".join(chunks["stdout"])
             self.result.stderr = "".join(chunks["stderr"])
-            self._finish()
+            self.finish()
         if interrupted:
             raise KeyboardInterrupt
         if data_buffer:
@@ -252,10 +253,13 @@ class Container:
                    outputs=kwargs.pop("outputs", ()))
         return self.wait(**kwargs)
 
-    def _finish(self) -> None:
-        """The container has ended (or we gave up on it): record it and release."""
+    def finish(self) -> None:
+        """The container has ended (or we gave up on it): record it and release. wait()
+        calls it; callers that read the streams themselves call it once they end."""
         REGISTRY.exited(self.spec.container_id, self.result.describe(), self.result.oom)
         _trim_registry()
+        if self._orphaned_cgroup is not None and self.spec.cgroup is None:
+            _remove_orphaned_cgroup(self._orphaned_cgroup, self.result)
         self.result.timings["total_s"] = time.perf_counter() - self._started_at
         self.close()
 
@@ -295,6 +299,28 @@ class Container:
             os.close(self._pidfd)
             self._pidfd = None
 
+    # -- for callers that read the streams themselves (named containers, the CLI) --------
+    @property
+    def message_socket(self) -> socket.socket | None:
+        """The container's message socket while open; when readable, call handle_message()."""
+        return self._ctl
+
+    @property
+    def output_fds(self) -> dict[str, int]:
+        """The read ends of the stdout and stderr pipes, by stream, while this object holds
+        them."""
+        return dict(self._pipes)
+
+    def take_output_fds(self) -> dict[str, int]:
+        """Hand the output pipes over: the caller reads and closes them, wait() no longer."""
+        pipes, self._pipes = self._pipes, {}
+        return pipes
+
+    @property
+    def pid_known(self) -> bool:
+        """True once pid 1 is known: signals are then delivered at once, not held."""
+        return self._pidfd is not None
+
     def __enter__(self) -> Container:
         return self
 
@@ -309,9 +335,16 @@ class Container:
             return None
         return max(0.0, min(moments) - time.monotonic())
 
-    def _handle_message(self) -> bool:
+    def handle_message(self) -> bool:
+        """Read one message from the container and record it in result; False once the
+        message socket has closed (everything has ended). For callers that read the
+        streams themselves; wait() does this."""
         message, _ = protocol.receive(self._ctl)
         if message is None:
+            if "exited_s" not in self.result.timings and self.result.cgroup is not None:
+                # The socket closed without the supervisor's last word: it died (pid 1 died
+                # with it, by its lifeline), and nobody else will remove this cgroup.
+                self._orphaned_cgroup = self.result.cgroup
             return False
         event = message.get("event")
         now = time.perf_counter() - self._started_at
@@ -357,6 +390,17 @@ class Container:
                 f"the container could not be created{where}: {message['message']}"
             )
         return True
+
+
+def _remove_orphaned_cgroup(name: str, result: ContainerResult) -> None:
+    from nsmagic.cgroups import detect_driver
+
+    try:
+        driver = detect_driver()
+        if driver.name in ("v1", "v2"):
+            driver.open(name).remove()
+    except (KeyError, OSError, NsmagicError) as error:
+        result.warnings.append(f"cgroup {name} left behind by a supervisor that died: {error}")
 
 
 def _trim_registry() -> None:

@@ -231,13 +231,13 @@ class ManagedContainer:
 
     # -- output plumbing -----------------------------------------------------------------
     def _pipe_fds(self) -> list[int]:
-        return list(self.container._pipes.values())
+        return list(self.container.output_fds.values())
 
     def _read_pipes(self, ready: list) -> bool:
         """Read what is ready, in order, under the lock both threads use; False at EOF."""
         alive = True
         with self._io_lock:
-            for stream, fd in list(self.container._pipes.items()):
+            for stream, fd in list(self.container.output_fds.items()):
                 if fd in ready:
                     chunk = os.read(fd, 65536)
                     if not chunk:
@@ -276,12 +276,12 @@ class ManagedContainer:
         container = self.container
         try:
             while True:
-                ctl = container._ctl
+                ctl = container.message_socket
                 if ctl is None:
                     break
                 fds = [ctl, *self._pipe_fds()]
                 ready, _, _ = select.select(fds, [], [], 0.2)
-                if ctl in ready and not container._handle_message():
+                if ctl in ready and not container.handle_message():
                     break
                 pipes = [fd for fd in ready if fd is not ctl]
                 if pipes and not self._exec_lock.locked():
@@ -292,7 +292,7 @@ class ManagedContainer:
             pass
         finally:
             self._drain()
-            container._finish()
+            container.finish()
             self.done.set()
 
 
