@@ -110,7 +110,7 @@ def test_doctor_reports_every_capability(ipython_shell, capsys):
     ipython_shell.run_line_magic("nsmagic", "doctor")
     out = capsys.readouterr().out
     for expected in ("tier:", "pid namespace", "user namespace", "fresh /proc", "cgroups",
-                     "KVM"):
+                     "KVM", "nsmagic-init"):
         assert expected in out
 
 
