@@ -60,15 +60,23 @@ class Forker:
                 self.start()
             try:
                 socket.send_fds(self.sock, [message], [fds.fds[role] for role in roles])
+            except OSError:
+                # The helper is gone (killed from outside) and never saw this request: start
+                # a new one, once.
+                self.close()
+                continue
+            try:
                 reply = self.sock.recv(4096)
             except OSError:
                 reply = b""
             if reply.startswith(b"error:"):
                 raise ForkHelperError(errno.EAGAIN, reply[6:].decode(errors="replace"))
-            if reply:
-                return int(reply)
-            # The helper is gone (killed from outside): start a new one, once.
-            self.close()
+            if not reply:
+                # It died with the request in hand: it may have forked already, so asking
+                # again could start the container twice.
+                self.close()
+                raise ForkHelperError(errno.ECHILD, "the fork helper ended during the request")
+            return int(reply)
         raise ForkHelperError(errno.ECHILD, "the fork helper ended and could not be restarted")
 
     def start(self) -> None:

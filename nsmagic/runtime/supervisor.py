@@ -392,7 +392,8 @@ def _setup_process(launch: Launch, fds: ContainerFds) -> int:
     sync = socket.socket(fileno=fds.sync)
     step = "creating namespaces"
     try:
-        sync.recv(16)
+        if sync.recv(16) != b"go":
+            return SETUP_FAILED  # the server gave up on this container
         flags = namespaces.flags_for(launch.namespaces)
         if fds.join_user is not None:
             # Sharing another container's network: enter its user namespace (where we are
@@ -422,7 +423,8 @@ def _init_process(launch: Launch, fds: ContainerFds) -> int:
     """Root path: we are pid 1 already; wait for our cgroup, then create the namespaces."""
     sync = socket.socket(fileno=fds.sync)
     try:
-        sync.recv(16)
+        if sync.recv(16) != b"go":
+            return SETUP_FAILED  # the server gave up on this container
         flags = namespaces.flags_for(launch.namespaces - {"pid"})
         if fds.join_net is not None:
             syscalls.setns(fds.join_net, syscalls.CLONE_NEWNET)
