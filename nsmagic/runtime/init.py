@@ -1,5 +1,6 @@
-"""pid 1 inside the container: sets up the namespaces from inside, runs the payload, reaps
-zombies, forwards signals and reports how the payload ended."""
+"""Inside the container: the namespace set-up its main process does first, and pid 1, which
+forks that process, reaps zombies, forwards signals and reports how the payload ended (in
+Python, or by becoming nsmagic-init, which does the same)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Pre-warmed containers: pid 1 already forked into its namespaces and its cgroup, waiting for
-a payload, so that a request pays none of the kernel's slow steps.
+"""Pre-warmed containers: pid 1 and the main process already forked into fresh namespaces
+and a fresh cgroup, waiting for a request, so that it pays none of the kernel's slow steps.
 
 Moving a process between cgroup v1 hierarchies waits for an RCU grace period (the kernel's
 cgroup_threadgroup_rwsem), which costs 1-15 ms here, far more than forking; creating a network
