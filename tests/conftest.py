@@ -81,12 +81,13 @@ def running_containers() -> list[str]:
     """Processes of containers that are running (not the fork server or its warm pool: a
     warm pid 1 waits with a child named nsmagic-warm)."""
     found = our_processes()
-    warm_parents = {_parent_of(int(p.split()[0])) for p in found if p.endswith("nsmagic-warm")}
+    warm_parents = {parent_of(int(p.split()[0])) for p in found if p.endswith("nsmagic-warm")}
     return [p for p in found if p.endswith(("nsmagic-init", "nsmagic-sup"))
             and int(p.split()[0]) not in warm_parents]
 
 
-def _parent_of(pid: int) -> int:
+def parent_of(pid: int) -> int:
+    """A process's parent pid (0 once it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
             return int(handle.read().rsplit(")", 1)[1].split()[1])

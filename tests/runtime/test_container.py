@@ -18,7 +18,7 @@ import nsmagic
 from nsmagic.errors import ContainerSetupError, SpecError
 from nsmagic.runtime.launcher import ForkServerLauncher, SpawnLauncher
 
-from ..conftest import our_processes, running_containers, wait_until
+from ..conftest import our_processes, parent_of, running_containers, wait_until
 
 
 def alive(pid: int) -> bool:
@@ -265,15 +265,7 @@ def test_warm_and_cold_containers_are_the_same_container(monkeypatch):
         assert warm == ([False] * 3 if pool_size == "0" else [True] * 3)
     assert outputs["0"] == outputs["2"] == {"2 1 same\n['1', '2']\n[] 0::/\n"}
     assert wait_until(lambda: not [p for p in our_processes() if "warm" in p
-                                   and _parent(int(p.split()[0])) == server_pid], 5)
-
-
-def _parent(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return 0
+                                   and parent_of(int(p.split()[0])) == server_pid], 5)
 
 
 def test_the_default_launcher_falls_back_to_a_helper_per_container(monkeypatch):
