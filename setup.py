@@ -9,7 +9,7 @@ import os
 import sys
 import tempfile
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 
 SOURCE = os.path.join("nsmagic", "native", "nsmagic-init.c")
@@ -56,4 +56,11 @@ class BuildPyWithNativeInit(build_py):
         build_native_init(target)
 
 
-setup(cmdclass={"build_py": BuildPyWithNativeInit})
+class DistributionWithExecutable(Distribution):
+    """A wheel that holds a compiled program is for one platform, not py3-none-any."""
+
+    def has_ext_modules(self) -> bool:
+        return True
+
+
+setup(cmdclass={"build_py": BuildPyWithNativeInit}, distclass=DistributionWithExecutable)
