@@ -14,6 +14,7 @@ from nsmagic.cgroups import prune_orphans as _prune_orphans
 from nsmagic.cgroups.limits import Limits, format_size
 from nsmagic.errors import SpecError
 from nsmagic.runtime.spec import validate_name
+from nsmagic.tables import html_table, text_table
 
 # The groups this process created, by the short name the user gave. The drivers name them
 # nsmagic-<our pid>-<name> under our own cgroup, so the fork server (whose driver uses our pid
@@ -267,10 +268,7 @@ class GroupTable:
         """Plain-text table (or a sentence when there is no group)."""
         if not self.groups:
             return "no cgroups yet: create one with %cgroup create NAME --memory 256M"
-        rows = [self.HEADER, *self.rows()]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self.HEADER))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-                 for row in rows]
+        lines = [text_table(self.HEADER, self.rows())]
         if self.driver == "rlimit":
             lines.append(f"note: {RLIMIT_NOTE}")
         return "\n".join(lines)
@@ -284,11 +282,8 @@ class GroupTable:
     def _repr_html_(self) -> str:
         if not self.groups:
             return f"<p>{html.escape(self.text())}</p>"
-        head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in self.HEADER)
-        body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>"
-                                        for c in row) + "</tr>" for row in self.rows())
         note = f"<p>{html.escape(RLIMIT_NOTE)}</p>" if self.driver == "rlimit" else ""
-        return f"<table class='nsmagic-cgroups'><tr>{head}</tr>{body}</table>{note}"
+        return html_table(self.HEADER, self.rows(), "nsmagic-cgroups") + note
 
 
 def _register_atexit() -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import html
 import time
 from dataclasses import dataclass
 
 from nsmagic.cgroups import pid_alive
 from nsmagic.cgroups.limits import format_size
 from nsmagic.runtime.named import ContainerManager, ManagedContainer
+from nsmagic.tables import html_table, text_table
 
 
 @dataclass
@@ -20,20 +20,13 @@ class Table:
 
     def text(self) -> str:
         """Aligned columns."""
-        widths = [max(len(str(c)) for c in column) for column in zip(self.header, *self.rows,
-                                                                      strict=False)]
-        lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False))
-                 for row in [self.header, *self.rows]]
-        return "\n".join(line.rstrip() for line in lines)
+        return text_table(self.header, self.rows)
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:  # noqa: ANN001
         printer.text(self.text() if self.rows else "no containers")
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
-                       + "</tr>" for row in self.rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return html_table(self.header, self.rows)
 
 
 def _stats(managed: ManagedContainer) -> dict | None:

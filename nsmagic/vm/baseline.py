@@ -33,6 +33,7 @@ import psutil
 
 from nsmagic.cgroups.limits import format_size, parse_size
 from nsmagic.errors import CapabilityError, NsmagicError
+from nsmagic.tables import html_table, text_table
 
 WORKLOADS = ("none", "cpu", "memory")
 MACHINES = ("microvm", "q35")
@@ -435,21 +436,11 @@ class Baseline:
 
 
 def _text_table(lines: list[list[str]]) -> str:
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    out = []
-    for n, line in enumerate(lines):
-        out.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return text_table(lines[0], lines[1:], rule=True)
 
 
 def _html_table(lines: list[list[str]]) -> str:
-    head = "".join(f"<th>{escape(c)}</th>" for c in lines[0])
-    body = "".join(
-        "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in line) + "</tr>" for line in lines[1:]
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return html_table(lines[0], lines[1:])
 
 
 # -- the published reference -------------------------------------------------------------
