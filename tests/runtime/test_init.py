@@ -149,6 +149,8 @@ def test_an_idle_containers_pid_1_holds_almost_no_memory_of_its_own(monkeypatch)
 
             def measure() -> None:
                 seen.wait(5)
+                exe = f"/proc/{container.result.pid}/exe"
+                wait_until(lambda: os.readlink(exe).endswith("/nsmagic-init"), 5)
                 with open(f"/proc/{container.result.pid}/smaps_rollup") as handle:
                     private.extend(int(line.split()[1]) for line in handle
                                    if line.startswith("Private_Dirty"))
