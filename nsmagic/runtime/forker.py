@@ -28,7 +28,9 @@ from nsmagic.isolation import syscalls
 if TYPE_CHECKING:
     from nsmagic.runtime.supervisor import ContainerFds
 
-_MAX_REQUEST = 1 << 18
+# A launch request (at most protocol.MAX_MESSAGE) and its header, well within what one
+# datagram may carry with default socket buffers.
+_MAX_REQUEST = 1 << 17
 
 
 class ForkHelperError(OSError):
@@ -60,7 +62,7 @@ class Forker:
                 self.start()
             try:
                 socket.send_fds(self.sock, [message], [fds.fds[role] for role in roles])
-            except OSError:
+            except (BrokenPipeError, ConnectionResetError):
                 # The helper is gone (killed from outside) and never saw this request: start
                 # a new one, once.
                 self.close()
