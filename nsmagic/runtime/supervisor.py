@@ -364,9 +364,12 @@ def start_container_process(header: dict, request: bytes, fds: ContainerFds) -> 
         init_pid = os.fork()
         if init_pid == 0:
             _child_main(_init_process, fds, launch)
-        sync.send(f"pid:{init_pid}".encode())
     except Exception as error:  # noqa: BLE001 - handed to the server to report
         return _report_error(sync, "starting pid 1", error)
+    try:
+        sync.send(f"pid:{init_pid}".encode())
+    except OSError:
+        return 1  # the server gave up on this container (pid 1 stops at the missing 'go')
     return 0
 
 
