@@ -98,6 +98,11 @@ class ForkServerLauncher(Launcher):
         """The fork server's pid, once started."""
         return self._process.pid if self._process else None
 
+    @property
+    def control_fd(self) -> int | None:
+        """Our end of the server's control socket (its closing stops the server), once started."""
+        return self._control.fileno() if self._control else None
+
     def ping(self) -> int:
         """Start the server if needed and wait until it answers; return its pid."""
         with self._lock:
