@@ -18,11 +18,10 @@ from typing import Any
 
 from nsmagic.errors import ContainerSetupError, NsmagicError, SpecError
 from nsmagic.runtime import transfer
-from nsmagic.runtime.container import Container, ContainerResult, RemoteException
+from nsmagic.runtime.container import Container, ContainerResult, OutputCallback, RemoteException
 from nsmagic.runtime.launcher import Launcher
 from nsmagic.runtime.spec import ContainerSpec, validate_name
 
-OutputCallback = Callable[[str], None]
 LOG_LINES = 10_000
 # After Ctrl-C in a cell of a named container: how long its code gets to stop before the
 # whole container is killed (a named container outlives an interrupted cell otherwise).
