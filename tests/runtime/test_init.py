@@ -42,9 +42,10 @@ def server(request, monkeypatch):
 def test_pid_1_is_undumpable_named_and_keeps_no_more_than_it_needs(server):
     code = textwrap.dedent("""
         import time
-        time.sleep(0.2)  # pid 1 of a warm container becomes nsmagic-init as the payload starts
+        time.sleep(0.2)  # a cold container's pid 1 execs nsmagic-init as the payload starts
         fields = dict(line.split(':', 1) for line in open('/proc/1/status'))
-        print(open('/proc/1/comm').read().strip(), int(fields['CapEff'], 16))
+        print(open('/proc/1/comm').read().strip(), int(fields['CapEff'], 16),
+              fields['NoNewPrivs'].strip())
         try:
             open('/proc/1/environ').read()
             print('environ readable')
@@ -54,8 +55,8 @@ def test_pid_1_is_undumpable_named_and_keeps_no_more_than_it_needs(server):
     result = nsmagic.run(code, launcher=server)
     assert result.ok, result.stderr
     first, second, _ = result.stdout.split("\n")
-    name, capabilities = first.split()
-    assert name == "nsmagic-init"
+    name, capabilities, no_new_privs = first.split()
+    assert name == "nsmagic-init" and no_new_privs == "1"
     if server.init_kind == "native":
         assert int(capabilities) == 1 << 5  # CAP_KILL, to stop what the payload left
     else:
