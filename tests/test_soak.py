@@ -15,7 +15,6 @@ of concurrent starts from 4 threads, and (root) a --net bridge container."""
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import threading
@@ -179,10 +178,6 @@ if IS_ROOT:
     KINDS += [oom, bridge]
 
 
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def nsmagic_kinds(targets: dict[str, str]) -> Counter:
     """The kinds of descriptor nsmagic opens (sockets, pipes, pidfds), counted by target: a
     socket's or pipe's target names its inode, so a new one shows as new."""
@@ -205,10 +200,7 @@ def test_soak_leaves_nothing_behind():
     # Start the fork server (and let its warm pool fill) before counting what we hold.
     nsmagic.run("pass")
     time.sleep(0.3)
-    # Garbage of earlier tests (a kernel client's zmq context holds two fds) must not be
-    # collected in the middle of the count.
-    gc.collect()
-    fds, threads = fd_count(), threading.active_count()
+    threads = threading.active_count()
     held_before = fd_targets()
     done = {kind.__name__: 0 for kind in KINDS}
     began = time.monotonic()
@@ -227,7 +219,8 @@ def test_soak_leaves_nothing_behind():
     assert wait_until(lambda: not running_containers(), 10), running_containers()
     assert not our_mounts(), our_mounts()
     assert wait_until(lambda: threading.active_count() <= threads, 5), threading.enumerate()
-    assert fd_count() <= fds, sorted(os.listdir("/proc/self/fd"))
+    held_now = nsmagic_kinds(fd_targets()) - nsmagic_kinds(held_before)
+    assert not held_now, held_now
     ours = [f"{prefix}{cid[:8]}" for cid in BRIDGED for prefix in (VETH_PREFIX, PEER_PREFIX)]
     assert wait_until(lambda: not set(ours) & set(our_links()), 10), our_links()
 
