@@ -8,7 +8,9 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from traitlets import Unicode
 
 from nsmagic.errors import NsmagicError
-from nsmagic.vm.baseline import MACHINES, WORKLOADS, Baseline, baseline
+from nsmagic.vm.compare import MACHINES, baseline
+from nsmagic.vm.loops import WORKLOADS
+from nsmagic.vm.report import Baseline
 
 
 @magics_class

@@ -1,12 +1,18 @@
-"""Boot small qemu guests: measure boot time and footprint, and run tests in a cgroup v2 kernel."""
+"""Boot small qemu guests: measure boot time and footprint, and compare a VM with containers."""
 
+from nsmagic.vm.background import VMHandle, start_vm
+from nsmagic.vm.compare import baseline, vm_available
 from nsmagic.vm.guest import repo_root, run_in_v2_guest, v2_guest_available
 from nsmagic.vm.images import GuestImage, build_image, cache_dir, cached_image
 from nsmagic.vm.qemu import VMResult, boot, kvm_works, qemu_binary
+from nsmagic.vm.report import Baseline
 
 __all__ = [
+    "Baseline",
     "GuestImage",
+    "VMHandle",
     "VMResult",
+    "baseline",
     "boot",
     "build_image",
     "cache_dir",
@@ -15,5 +21,7 @@ __all__ = [
     "qemu_binary",
     "repo_root",
     "run_in_v2_guest",
+    "start_vm",
     "v2_guest_available",
+    "vm_available",
 ]

@@ -62,7 +62,7 @@ def _applets(flavour: str) -> tuple[str, ...]:
 # (the kernel hands unknown name=value parameters to init as environment variables):
 # nsmagic_workload=cpu|memory|idle, nsmagic_seconds, nsmagic_mib, nsmagic_settle (an idle pause
 # before the workload, so the host can sample the idle guest first). Without them the guest
-# powers off at once, as it always did. The loops are the ones nsmagic.vm.baseline runs in a
+# powers off at once, as it always did. The loops are the ones nsmagic.vm.loops gives a
 # container, so that both sides do the same work.
 WORKLOAD_DONE_MARKER = "NSMAGIC-WORKLOAD-DONE"
 MICRO_WORKLOADS = ("cpu", "memory", "idle")

@@ -11,7 +11,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from nsmagic.vm.baseline import PUBLISHED_LABEL, Baseline, Row
+from nsmagic.vm.reference import PUBLISHED_LABEL
+from nsmagic.vm.report import Baseline, Row
 
 VM_COLOUR = "#c0504d"
 CONTAINER_COLOUR = "#4f81bd"

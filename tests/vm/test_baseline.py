@@ -11,8 +11,14 @@ import time
 import psutil
 import pytest
 
-from nsmagic.vm import baseline as vb
+from nsmagic.vm import Baseline, baseline, start_vm, vm_available
+from nsmagic.vm.figures import FORK_SERVER_ROW, fill_figures, median
+from nsmagic.vm.loops import workload_script
+from nsmagic.vm.measure_containers import ContainerRun
+from nsmagic.vm.memory import split_smaps
 from nsmagic.vm.qemu import qemu_binary
+from nsmagic.vm.reference import load_reference
+from nsmagic.vm.workload import compare_workload
 
 SMAPS = """\
 55d0c0000000-55d0c0a00000 r-xp 00000000 08:01 1234    /usr/bin/qemu-system-x86_64
@@ -63,7 +69,7 @@ def assert_nothing_left() -> None:
 
 
 def need_vm() -> None:
-    ok, why = vb.vm_available()
+    ok, why = vm_available()
     if not ok:
         pytest.skip(f"no VM here: {why}")
 
@@ -72,7 +78,7 @@ def need_vm() -> None:
 
 
 def test_smaps_split_into_guest_ram_tcg_cache_and_vmm() -> None:
-    split = vb.split_smaps(SMAPS, 256 * 2**20)
+    split = split_smaps(SMAPS, 256 * 2**20)
     assert split.guest_ram_found
     assert split.guest_ram_pss == 100000 * 1024
     assert split.tcg_cache_pss == 30000 * 1024
@@ -80,11 +86,11 @@ def test_smaps_split_into_guest_ram_tcg_cache_and_vmm() -> None:
     assert split.vmm_rss == (8192 + 2000) * 1024
     assert split.total_pss == (100000 + 30000 + 8000 + 1500) * 1024
     # A different -m: no mapping is guest RAM, so all of it counts as VMM (or TCG).
-    assert not vb.split_smaps(SMAPS, 512 * 2**20).guest_ram_found
+    assert not split_smaps(SMAPS, 512 * 2**20).guest_ram_found
 
 
 def test_every_reference_figure_names_its_source_and_what_was_checked() -> None:
-    data = vb.load_reference()
+    data = load_reference()
     assert data["label"] == "published, not measured on this host"
     ids = {f["id"] for f in data["figures"]}
     assert {"firecracker_boot_to_init", "firecracker_vmm_overhead", "lightvm_boot",
@@ -101,26 +107,58 @@ def test_every_reference_figure_names_its_source_and_what_was_checked() -> None:
     assert (by_id["crun_100_true"]["value"], by_id["runc_100_true"]["value"]) == (1.69, 3.34)
 
 
-def test_the_module_is_also_the_function() -> None:
+def test_the_public_api_is_a_plain_function_and_its_result() -> None:
+    import types
+
     import nsmagic.vm
 
-    assert callable(nsmagic.vm.baseline)
-    assert nsmagic.vm.baseline.Baseline is vb.Baseline
+    assert nsmagic.vm.baseline is baseline and isinstance(baseline, types.FunctionType)
+    assert type(nsmagic.vm) is types.ModuleType, "no module swaps its class to be callable"
+    assert nsmagic.vm.Baseline is Baseline
     with pytest.raises(ValueError):
         nsmagic.vm.baseline(machine="pc-i440fx")
+
+
+def container_run(pss: int, server: int | None, init: int = 50_000) -> ContainerRun:
+    return ContainerRun([0.01], [0.004], [0.006], idle_pss_bytes=pss, idle_rss_bytes=3 * pss,
+                        idle_init_pss_bytes=init, idle_cgroup_memory_bytes=pss,
+                        fork_server_pss_bytes=server, cgroup_driver="v1")
+
+
+def test_the_fork_server_is_reported_apart_and_charged_to_no_container() -> None:
+    mib = 2**20
+    out = Baseline(measured=False, container_runs=[container_run(5 * mib, 12 * mib)])
+    fill_figures(out, budget=1024 * mib)
+    assert out.row("host memory (PSS)").container == 5 * mib
+    assert out.row(FORK_SERVER_ROW).container == 12 * mib
+    assert out.row(FORK_SERVER_ROW).vm is None
+    # The VMM row's container side is pid 1 alone: the runtime's part, without the payload.
+    assert out.row("  of which VMM overhead").container == 50_000
+    assert "shared by all containers: fork server 12.0 MiB" in out.text()
+    assert "shared by all containers: fork server" in out._repr_html_()
+    # The fork server is paid once, not per container: (budget - server) / own PSS.
+    assert out.density[0].container == (1024 - 12) // 5
+
+
+def test_without_a_fork_server_there_is_no_shared_figure_to_report() -> None:
+    out = Baseline(measured=False, container_runs=[container_run(9 * 2**20, None)])
+    fill_figures(out, budget="1G")
+    assert out.row(FORK_SERVER_ROW) is None  # no VM here: rows without a container figure go
+    assert any("a container's memory includes its helper" in n for n in out.notes)
+    assert out.density[0].container == 1024 // 9
 
 
 def test_workload_scripts_are_the_guests_loops() -> None:
     from nsmagic.vm.images import _MICRO_INIT
 
-    assert "while :; do :; done &" in vb.workload_script("cpu", 2)
+    assert "while :; do :; done &" in workload_script("cpu", 2)
     assert "while :; do :; done &" in _MICRO_INIT
-    assert "dd if=/dev/zero of=/tmp/fill bs=1048576 count=8" in vb.workload_script("memory", 1, 8)
+    assert "dd if=/dev/zero of=/tmp/fill bs=1048576 count=8" in workload_script("memory", 1, 8)
     assert 'dd if=/dev/zero of=/tmp/fill bs=1048576 count="${nsmagic_mib:-64}"' in _MICRO_INIT
     with pytest.raises(ValueError):
-        vb.workload_script("disk", 1)
+        workload_script("disk", 1)
     with pytest.raises(ValueError):
-        vb.baseline(workload="disk")
+        baseline(workload="disk")
 
 
 def test_without_qemu_the_published_reference_is_shown_never_as_measured(
@@ -129,7 +167,7 @@ def test_without_qemu_the_published_reference_is_shown_never_as_measured(
     monkeypatch.setenv("PATH", str(tmp_path))  # no qemu-system-x86_64 to be found
     assert qemu_binary() is None
     seen: list[str] = []
-    result = vb.baseline(runs=1, progress=lambda step, total, text: seen.append(text))
+    result = baseline(runs=1, progress=lambda step, total, text: seen.append(text))
     monkeypatch.undo()
     assert not result.measured
     assert result.label == "published, not measured on this host"
@@ -144,6 +182,7 @@ def test_without_qemu_the_published_reference_is_shown_never_as_measured(
     assert all(row.vm is None for row in result.rows)
     # The containers are measured all the same (this host allows them).
     assert result.row("start: launch -> ready").container > 0
+    assert result.row(FORK_SERVER_ROW).container > 0, "the shared fork server, apart"
     assert any("no VM here" in s for s in seen)
     from nsmagic.widgets.vm_compare import png
 
@@ -151,19 +190,47 @@ def test_without_qemu_the_published_reference_is_shown_never_as_measured(
     assert_nothing_left()
 
 
+def test_an_idle_container_is_charged_its_pid_1_and_main_process_only() -> None:
+    import threading
+
+    from nsmagic.runtime.container import Container
+    from nsmagic.runtime.launcher import default_launcher
+    from nsmagic.vm.measure_containers import _wait_for_main_process, container_processes
+
+    container = Container()
+    waiter = threading.Thread(target=container.wait, kwargs={"timeout": 30}, daemon=True)
+    container.start("import time\ntime.sleep(30)\n")
+    waiter.start()
+    try:
+        init = _wait_for_main_process(container)
+        assert init is not None, container.result.describe()
+        own, shared = container_processes(init)
+        server = getattr(default_launcher(), "pid", None)
+        if server is None:
+            pytest.skip("containers start without a fork server here (spawn launcher)")
+        (main,) = init.children()
+        assert {p.pid for p in own} == {init.pid, main.pid}
+        names = sorted(p.name() for p in shared)
+        assert shared[0].pid == server and names == ["nsmagic-forker", "nsmagic-zygote"]
+    finally:
+        container.send_signal(9)
+        waiter.join(timeout=10)
+        container.close()
+
+
 # -- real VMs ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def measured() -> vb.Baseline:
+def measured() -> Baseline:
     need_vm()
-    result = vb.baseline(runs=1, memory="256M")
+    result = baseline(runs=1, memory="256M")
     print(result.text())
     return result
 
 
 @pytest.mark.vm
-def test_a_real_vm_boots_and_its_figures_are_sane(measured: vb.Baseline) -> None:
+def test_a_real_vm_boots_and_its_figures_are_sane(measured: Baseline) -> None:
     from nsmagic.vm.qemu import kvm_works
 
     b = measured
@@ -186,7 +253,7 @@ def test_a_real_vm_boots_and_its_figures_are_sane(measured: vb.Baseline) -> None
     # The ratio is the two figures of this same run.
     ready = b.row("start: launch -> ready")
     assert ready.vm == run.boot_wall_s
-    assert ready.container == vb._median(b.container_runs[0].start_ready_s)
+    assert ready.container == median(b.container_runs[0].start_ready_s)
     assert ready.ratio == pytest.approx(ready.vm / ready.container)
     assert ready.ratio > 1
     pss = b.row("host memory (PSS)")
@@ -211,7 +278,7 @@ def test_vm_baseline_magic_shows_the_table_and_a_png(ipython_shell) -> None:  # 
     need_vm()
     with capture_output() as captured:
         returned = ipython_shell.run_line_magic("vm_baseline", "--runs 1 --memory 128M -o")
-    assert isinstance(returned, vb.Baseline)
+    assert isinstance(returned, Baseline)
     assert returned.measured and returned.vm_runs[0].ok
     kinds = [set(output.data) for output in captured.outputs]
     assert any("text/html" in k for k in kinds), kinds
@@ -228,7 +295,7 @@ def test_a_vm_workload_is_visible_to_a_monitor_and_cleaned_up() -> None:
     from nsmagic.runtime.registry import REGISTRY
 
     need_vm()
-    handle = vb.start_vm("cpu", seconds=1.5, memory="128M")
+    handle = start_vm("cpu", seconds=1.5, memory="128M")
     try:
         assert handle.cgroup_name.startswith("nsmagic-") and "-vm-" in handle.cgroup_name
         record = REGISTRY.get(handle.record_id)
@@ -254,7 +321,7 @@ def test_a_vm_workload_is_visible_to_a_monitor_and_cleaned_up() -> None:
 @pytest.mark.vm
 def test_the_same_workload_runs_in_a_vm_and_a_container() -> None:
     need_vm()
-    run = vb.compare_workload("memory", seconds=1, mib=32, memory="128M")
+    run = compare_workload("memory", seconds=1, mib=32, memory="128M")
     assert run.vm_ok and run.container_ok
     assert run.vm_ready_s is not None and run.vm_samples and run.container_samples
     # The container wrote 32 MiB into its tmpfs, charged to its cgroup.
