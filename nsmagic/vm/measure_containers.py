@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 # Container starts are a few milliseconds: more of them make the median steadier, at no cost.
 CONTAINER_STARTS_PER_RUN = 5
-# The fork server's helper that forks each container's first process (runtime/forker.py
-# names itself so): part of the fork server, shared like it.
+# The fork server's helper that forks each container's first process names itself so (see
+# docs/architecture.md, "Processes of one container"): part of the fork server, shared like it.
 FORK_HELPER_NAME = "nsmagic-forker"
 
 
