@@ -2,7 +2,6 @@
 
 from nsmagic.vm.background import VMHandle, start_vm
 from nsmagic.vm.compare import baseline, vm_available
-from nsmagic.vm.guest import repo_root, run_in_v2_guest, v2_guest_available
 from nsmagic.vm.images import GuestImage, build_image, cache_dir, cached_image
 from nsmagic.vm.qemu import VMResult, boot, kvm_works, qemu_binary
 from nsmagic.vm.report import Baseline
@@ -19,9 +18,6 @@ __all__ = [
     "cached_image",
     "kvm_works",
     "qemu_binary",
-    "repo_root",
-    "run_in_v2_guest",
     "start_vm",
-    "v2_guest_available",
     "vm_available",
 ]

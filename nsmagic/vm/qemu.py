@@ -341,7 +341,7 @@ def boot(
     """Boot a guest once and return its figures; qemu is killed on every way out.
 
     flavour 'micro' prints the ready marker and powers off; 'v2' mounts the host root
-    read-only and, given a shell `script`, runs it there (see run_in_v2_guest). accel is
+    read-only and, given a shell `script`, runs it there (tests/vm/guest.py). accel is
     'kvm', 'tcg' or 'auto' (KVM when a probe boot proves it works, else TCG).
 
     kernel_args are appended to the guest's kernel command line (the micro guest reads its

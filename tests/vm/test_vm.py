@@ -14,15 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nsmagic.vm import (
-    boot,
-    build_image,
-    kvm_works,
-    qemu_binary,
-    repo_root,
-    run_in_v2_guest,
-    v2_guest_available,
-)
+from nsmagic.vm import boot, build_image, kvm_works, qemu_binary
+from tests.vm.guest import repo_root, run_in_v2_guest, v2_guest_available
 
 pytestmark = pytest.mark.vm
 

@@ -1,4 +1,8 @@
-"""Run a command inside a real cgroup v2 kernel that sees the host's root read-only."""
+"""Test harness: run a command inside a real cgroup v2 kernel that sees the host's root read-only.
+
+Used by tests/vm/test_vm.py (which runs the cgroup_v2 tests there) and scripts/vm-shell; it is
+no part of the installed package, which keeps only what boots a guest (nsmagic.vm.qemu).
+"""
 
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ def guest_script(
     A string is shell text (pipes, several lines); a sequence is one argv, quoted.
     """
     text = command if isinstance(command, str) else shlex.join([str(a) for a in command])
-    lines = ["# written by nsmagic.vm: run by the guest init inside the chroot"]
+    lines = ["# written by tests/vm/guest.py: run by the guest init inside the host root"]
     for key, value in {**GUEST_ENV, **(env or {})}.items():
         lines.append(f"export {key}={shlex.quote(str(value))}")
     lines.append(f"cd {shlex.quote(str(cwd))} || exit 126")
