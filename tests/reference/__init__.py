@@ -1,0 +1,1 @@
+"""A reference runtime for security tests: the same probe under runc with Docker's defaults."""
