@@ -158,59 +158,23 @@ def _positive_float(text: str) -> float:
 
 
 def _container_options(parser: argparse.ArgumentParser) -> None:
-    """The options of %%container that make sense outside a notebook."""
-    parser.add_argument("--hostname", help="host name inside (UTS namespace)")
+    """The options every front end shares (nsmagic.runtime.options), and a name."""
+    from nsmagic.runtime.options import add_container_options
+
     parser.add_argument("--name", help="a name for the container (its host name by default)")
-    for name in ("pid", "uts", "ipc", "net", "mount"):
-        parser.add_argument(f"--no-{name}", action="store_true",
-                            help=f"no {name.upper()} namespace of its own")
-    parser.add_argument("--no-cgroupns", action="store_true", help="no cgroup namespace")
-    parser.add_argument("--userns", action="store_true",
-                        help="map root inside to an unprivileged user outside (automatic "
-                             "when not root)")
-    parser.add_argument("--no-userns", action="store_true", help="no user namespace (root)")
-    parser.add_argument("--cpus", help="CPU quota in cores, e.g. 0.5")
-    parser.add_argument("--memory", help="memory limit, e.g. 256M, 1.5G or bytes")
-    parser.add_argument("--memory-swap", help="memory plus swap (as Docker's), -1: no limit")
-    parser.add_argument("--pids", help="most processes at once")
-    parser.add_argument("--cpu-weight", help="relative CPU weight 1-10000 (100: default)")
-    parser.add_argument("--cpuset", help="CPUs it may use, e.g. 0 or 0-1")
-    parser.add_argument("--net", metavar="MODE",
-                        help="none (own namespace, only lo; default), bridge, host or "
-                             "container:PID (join that process's network namespace)")
-    parser.add_argument("--read-only", action="store_true", help="the host root read-only")
-    parser.add_argument("--overlay", action="store_true",
-                        help="a writable root whose changes vanish with the container")
-    parser.add_argument("--rootfs", metavar="DIR", help="DIR as the container's root")
-    parser.add_argument("--volume", "-v", action="append", default=[],
-                        metavar="HOST:CONTAINER[:ro]", help="bind-mount a host path")
-    parser.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE",
-                        help="set an environment variable inside (repeatable)")
-    parser.add_argument("--privileged", action="store_true",
-                        help="keep every capability and allow privilege gains (NOT isolated "
-                             "from the host kernel's administration)")
+    add_container_options(parser)
 
 
 def _spec_from(args: argparse.Namespace) -> Any:
-    """A ContainerSpec from the options; SpecError (one sentence) when they are wrong."""
-    from nsmagic.cgroups.limits import Limits
-    from nsmagic.errors import SpecError
-    from nsmagic.runtime.options import environment_from, namespaces_from, userns_from
-    from nsmagic.runtime.spec import ContainerSpec
+    """A ContainerSpec from the options, through the policy every front end shares;
+    SpecError (one sentence) when they are wrong. Notes are printed on stderr."""
+    from nsmagic.runtime.options import build_spec, keywords_from_args
 
-    namespaces = namespaces_from(args)
-    env = environment_from(args.env)
-    if args.net and args.net.startswith("container:") \
-            and not args.net.split(":", 1)[1].isdigit():
-        raise SpecError(f"--net {args.net}: outside a notebook, name the container by the "
-                        "pid of a process in it (container:PID).")
-    limits = Limits.parse(cpus=args.cpus, memory=args.memory, memory_swap=args.memory_swap,
-                          pids=args.pids, cpu_weight=args.cpu_weight, cpuset=args.cpuset)
-    return ContainerSpec.build(
-        namespaces=namespaces, userns=userns_from(args),
-        hostname=args.hostname, name=args.name, limits=limits, env=env, net=args.net,
-        read_only=args.read_only, overlay=args.overlay, rootfs=args.rootfs,
-        volumes=args.volume, privileged=args.privileged)
+    resolved = build_spec(name=args.name, **keywords_from_args(args))
+    if not getattr(args, "quiet", False):
+        for note in resolved.notes:
+            print(f"{PROG}: {note}", file=sys.stderr)
+    return resolved.spec
 
 
 def _command_of(args: argparse.Namespace) -> list[str]:
@@ -340,9 +304,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                    f"{PROG} run -- sh -c 'echo hi'")
     try:
         spec = _spec_from(args)
+        container = Container(spec)
     except SpecError as error:
         return _usage_error("run", str(error))
-    container = Container(spec)
     passthrough = _Passthrough(container)
     # From here on a signal is passed on (or kept until the container runs), never raised.
     previous = {signum: signal.signal(signum, passthrough.on_signal)

@@ -15,3 +15,14 @@ class CapabilityError(NsmagicError):
 
 class ContainerSetupError(NsmagicError):
     """The container could not be created; the message says which step failed and why."""
+
+
+class ProtocolError(NsmagicError):
+    """A message or frame from another process was malformed or too large."""
+
+
+def explain(error: BaseException) -> str:
+    """An error in plain words, without Python's decoration."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror if not error.filename else f"{error.strerror}: {error.filename}"
+    return str(error) or type(error).__name__

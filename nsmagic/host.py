@@ -141,7 +141,7 @@ def probe_here() -> HostReport:
 
 
 def _check_native_init() -> Check:
-    from nsmagic.runtime.init import NATIVE_INIT
+    from nsmagic.runtime.inside.init import NATIVE_INIT
 
     if NATIVE_INIT is not None:
         return Check(True, "an idle container costs one forked Python, not two")

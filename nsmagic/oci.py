@@ -334,9 +334,9 @@ def _limits_of(spec: ContainerSpec, notes: list[str]) -> Limits:
     if spec.cgroup is None:
         return spec.limits
     try:
-        from nsmagic import cgroup_api
+        from nsmagic.runtime import groups
 
-        limits = cgroup_api.get(spec.cgroup).limits()
+        limits = groups.get(spec.cgroup).limits()
     except (SpecError, OSError, KeyError) as error:
         notes.append(f"--cgroup {spec.cgroup}: its limits could not be read ({error}).")
         return spec.limits

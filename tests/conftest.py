@@ -11,7 +11,7 @@ import pytest
 from nsmagic.runtime.launcher import close_default_launcher
 
 IS_ROOT = os.geteuid() == 0
-OUR_PROCESS_NAMES = ("nsmagic-sup", "nsmagic-init", "nsmagic-zygote", "nsmagic-warm",
+OUR_PROCESS_NAMES = ("nsmagic-init", "nsmagic-server", "nsmagic-warm",
                      "nsmagic-forker")
 
 
@@ -82,7 +82,7 @@ def running_containers() -> list[str]:
     warm pid 1 waits with a child named nsmagic-warm)."""
     found = our_processes()
     warm_parents = {parent_of(int(p.split()[0])) for p in found if p.endswith("nsmagic-warm")}
-    return [p for p in found if p.endswith(("nsmagic-init", "nsmagic-sup"))
+    return [p for p in found if p.endswith("nsmagic-init")
             and int(p.split()[0]) not in warm_parents]
 
 

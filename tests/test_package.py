@@ -22,7 +22,7 @@ def test_an_unknown_name_is_an_attribute_error():
 
 def test_the_fork_server_imports_neither_the_notebook_api_nor_plotting():
     # Every module the fork server holds is mapped, and partly copied, by every container.
-    code = ("import sys, nsmagic.runtime.zygote; "
+    code = ("import sys, nsmagic.runtime.server.loop; "
             "print(sorted(m for m in sys.modules if m in ('nsmagic.runtime.container', "
             "'nsmagic.monitor', 'nsmagic.stats', 'matplotlib', 'ipywidgets', 'IPython')))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

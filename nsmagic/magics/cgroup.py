@@ -12,9 +12,9 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from nsmagic import cgroup_api
 from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import CapabilityError, ContainerSetupError, NsmagicError, SpecError
+from nsmagic.runtime import groups
 from nsmagic.runtime.container import Container, ContainerResult
 
 SUBCOMMANDS = ("create", "set", "show", "ls", "rm", "run")
@@ -122,13 +122,13 @@ class CgroupMagics(Magics):
         super().__init__(shell, **kwargs)
         try:
             # What a kernel that crashed left behind (groups named after a dead pid).
-            cgroup_api.prune_orphans()
+            groups.prune_orphans()
         except (NsmagicError, OSError):
             pass
 
     def close(self) -> None:
         """Remove the groups this kernel created (called when the extension unloads)."""
-        cgroup_api.remove_all()
+        groups.remove_all()
 
     @line_magic
     def cgroup(self, line: str) -> ContainerResult | None:
@@ -165,28 +165,28 @@ class CgroupMagics(Magics):
     def _do_create(self, rest: str) -> None:
         args = _parse("create", rest)
         limits = limits_from(args)  # validated before anything is created
-        group = cgroup_api.create(args.name, limits)
+        group = groups.create(args.name, limits)
         kind = "rlimit group" if group.driver == "rlimit" else f"cgroup {group.driver}"
         print(f"created {args.name} ({group.name}, {kind}): {group.limits().describe()}")
         _print_notes(group.approximations())
 
     def _do_set(self, rest: str) -> None:
         args = _parse("set", rest)
-        group = cgroup_api.set_limits(args.name, limits_from(args))
+        group = groups.set_limits(args.name, limits_from(args))
         print(f"{args.name}: {group.limits().describe()}")
         _print_notes(group.approximations())
 
     def _do_show(self, rest: str) -> None:
         args = _parse("show", rest)
-        display(cgroup_api.report(args.name))
+        display(groups.report(args.name))
 
     def _do_ls(self, rest: str) -> None:
         _parse("ls", rest)
-        display(cgroup_api.table())
+        display(groups.table())
 
     def _do_rm(self, rest: str) -> None:
         args = _parse("rm", rest)
-        full = cgroup_api.remove(args.name)
+        full = groups.remove(args.name)
         print(f"removed {args.name} ({full})")
 
     def _do_run(self, rest: str) -> ContainerResult | None:
@@ -203,7 +203,7 @@ class CgroupMagics(Magics):
         if not command:
             raise UsageError(f"%cgroup run needs a command: %cgroup run {args.name} -- cmd "
                              "args...")
-        options, notes = cgroup_api.container_options(args.name)
+        options, notes = groups.container_options(args.name)
         # No namespaces at all: the command sees the host and needs no privilege; only the
         # group applies. The fork server starts it, so this (threaded) kernel never forks.
         container = Container(namespaces=set(), userns=False, **options)
@@ -217,7 +217,7 @@ class CgroupMagics(Magics):
             raise CgroupError(f"{error}; it was killed") from None
         finally:
             container.close()
-        result.limits = options.get("limits") or cgroup_api.get(args.name).limits()
+        result.limits = options.get("limits") or groups.get(args.name).limits()
         if not args.quiet:
             _print_notes([*notes, *result.warnings])
         if not result.ok:

@@ -13,12 +13,13 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Unicode
 
-from nsmagic import cgroup_api, host
+from nsmagic import host
 from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import ContainerSetupError, SpecError
+from nsmagic.runtime import groups
 from nsmagic.runtime.container import Container, ContainerResult
 from nsmagic.runtime.named import MANAGER, ManagedContainer
-from nsmagic.runtime.options import environment_from, namespaces_from, userns_from
+from nsmagic.runtime.options import CONTAINER_OPTIONS, build_spec, keywords_from_args
 from nsmagic.runtime.spec import ContainerSpec, validate_name
 
 SHELLS = {"bash": "/bin/bash", "sh": "/bin/sh"}
@@ -37,17 +38,10 @@ class ContainerError(Exception):
         return [f"ContainerError: {self}"]
 
 
-def _namespace_arguments(func: Any) -> Any:
-    for name in ("pid", "uts", "ipc", "net", "mount"):
-        func = argument(f"--no-{name}", action="store_true",
-                        help=f"do not give the container its own {name.upper()} namespace")(func)
-    func = argument("--no-cgroupns", action="store_true",
-                    help="do not give the container its own cgroup namespace")(func)
-    func = argument("--userns", action="store_true", default=None,
-                    help="map root inside to an unprivileged user outside (automatic when "
-                         "the kernel does not run as root)")(func)
-    func = argument("--no-userns", action="store_true",
-                    help="no user namespace (needs root)")(func)
+def _container_arguments(func: Any) -> Any:
+    """The options every front end shares (nsmagic.runtime.options), as magic arguments."""
+    for option in reversed(CONTAINER_OPTIONS):
+        func = argument(*option.flags, **option.settings)(func)
     return func
 
 
@@ -63,39 +57,18 @@ class ContainerMagics(Magics):
     @argument("command", nargs="*",
               help="'bash' or 'sh' runs the cell as a shell script; nothing runs Python")
     @argument("--shell", action="store_true", help="run the cell as a /bin/sh script")
-    @argument("--hostname", help="host name inside the container (UTS namespace)")
-    @_namespace_arguments
-    @argument("--cpus", help="CPU quota in cores, e.g. 0.5")
-    @argument("--memory", help="memory limit, e.g. 256M, 1.5G, 1GiB or bytes")
-    @argument("--memory-swap", help="memory plus swap limit (as Docker's), or -1 for no limit")
-    @argument("--pids", help="most processes at once, e.g. 64")
-    @argument("--cpu-weight", help="relative CPU weight 1-10000 (100 is the default)")
-    @argument("--cpuset", help="CPUs the container may use, e.g. 0 or 0-1")
+    @_container_arguments
     @argument("--cgroup", metavar="NAME",
               help="run in a group made with %%cgroup create (instead of limit options)")
-    @argument("--net", metavar="MODE",
-              help="none (own namespace, only lo; the default), bridge (a veth on nsmagic's "
-                   "bridge: containers reach each other), host, or container:NAME")
-    @argument("--read-only", action="store_true", help="the host root read-only inside")
-    @argument("--overlay", action="store_true",
-              help="a writable root whose changes vanish with the container")
-    @argument("--rootfs", metavar="DIR", help="pivot into DIR as the container's root")
-    @argument("--volume", "-v", action="append", default=[], metavar="HOST:CONTAINER[:ro]",
-              help="bind-mount a host path (repeatable)")
     @argument("--in", dest="inputs", metavar="a,b",
               help="copy these notebook variables into the container (pickled)")
     @argument("--out", dest="outputs", metavar="x,y",
               help="copy these container variables back into the notebook (plain data)")
-    @argument("--privileged", action="store_true",
-              help="keep every capability and allow privilege gains (NOT isolated from the "
-                   "host kernel's administration: use only when you mean it)")
     @argument("--plot", action="store_true",
               help="live CPU/memory plot of this container under the cell while it runs")
     @argument("--bg", action="store_true",
               help="return at once; output goes to the container's log and this cell")
     @argument("--name", help="name of a --bg run, for %%container logs/wait/stop")
-    @argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE",
-              help="set an environment variable inside (repeatable)")
     @argument("--timeout", help="kill the container after this many seconds")
     @argument("--no-raise", action="store_true",
               help="report a failure as a message instead of failing the cell")
@@ -139,7 +112,10 @@ class ContainerMagics(Magics):
         if args.bg:
             return self._run_in_background(args, spec, cell, kind, source_options, inputs,
                                            outputs)
-        container = Container(spec)
+        try:
+            container = Container(spec)
+        except SpecError as error:
+            raise UsageError(str(error)) from None
         try:
             try:
                 container.start(cell, kind=kind, inputs=inputs, outputs=outputs,
@@ -260,59 +236,15 @@ class ContainerMagics(Magics):
         return args
 
     def _spec_from(self, args: Any) -> tuple[ContainerSpec, list[str]]:
+        """The spec of the options, through the policy every front end shares."""
+        defaults = {} if args.cgroup is not None else {
+            "cpus": self.cpus, "memory": self.memory, "pids": self.pids}
         try:
-            namespaces = namespaces_from(args)
-            userns = userns_from(args)
-            env = environment_from(args.env)
+            keywords = keywords_from_args(args, defaults)
+            resolved = build_spec(cgroup=args.cgroup, **keywords)
         except SpecError as error:
             raise UsageError(str(error)) from None
-        report = _probe_quietly()
-        # The honest fallback where nothing can be isolated (a hosted notebook without user
-        # namespaces): a plain child process, labelled as such on every run.
-        not_isolated = report is not None and report.tier == "none"
-        if not_isolated:
-            if args.hostname or args.net not in (None, "host", "none") or args.read_only \
-                    or args.overlay or args.rootfs or args.volume:
-                raise UsageError("this host allows no namespaces, so --hostname, --net, "
-                                 "--read-only, --overlay, --rootfs and --volume cannot apply "
-                                 "(see %nsmagic doctor).")
-            namespaces, userns, args.net = set(), False, "host"
-        try:
-            if args.cgroup is not None:
-                # The group's limits apply: configured defaults do not, explicit options are
-                # refused by ContainerSpec.build.
-                limits = Limits.parse(cpus=args.cpus, memory=args.memory,
-                                      memory_swap=args.memory_swap, pids=args.pids,
-                                      cpu_weight=args.cpu_weight, cpuset=args.cpuset)
-                ContainerSpec.build(namespaces=namespaces, userns=userns, limits=limits,
-                                    cgroup=args.cgroup)
-                options, notes = cgroup_api.container_options(args.cgroup)
-                limits = options.pop("limits", limits)
-            else:
-                limits = Limits.parse(
-                    cpus=_given(args.cpus, self.cpus), memory=_given(args.memory, self.memory),
-                    memory_swap=args.memory_swap, pids=_given(args.pids, self.pids),
-                    cpu_weight=args.cpu_weight, cpuset=args.cpuset,
-                )
-                options, notes = {}, []
-            spec = ContainerSpec.build(namespaces=namespaces, userns=userns,
-                                       hostname=args.hostname, limits=limits, env=env,
-                                       net=self._net_mode(args.net), read_only=args.read_only,
-                                       privileged=args.privileged,
-                                       overlay=args.overlay, rootfs=args.rootfs,
-                                       volumes=args.volume, **options)
-            if not_isolated:
-                notes.append("NOT isolated: this host allows no namespaces (no root, no user "
-                             "namespaces; see %nsmagic doctor), so the cell runs as a plain "
-                             "child process" + (", its limits as per-process rlimits"
-                                                if not spec.limits.is_empty() else "") + ".")
-            if spec.privileged:
-                notes.append("PRIVILEGED container: root inside keeps every capability "
-                             "(it can mount, load kernel modules, change the host's clock) "
-                             "and no_new_privs is off.")
-            return spec, notes
-        except SpecError as error:
-            raise UsageError(str(error)) from None
+        return resolved.spec, resolved.notes
 
     @line_magic("container")
     def container_line(self, line: str) -> Any:
@@ -475,19 +407,6 @@ class ContainerMagics(Magics):
         """The extension unloads: end this kernel's named containers."""
         MANAGER.close_all()
 
-    @staticmethod
-    def _net_mode(text: str | None) -> str | None:
-        if text is None or not text.startswith("container:"):
-            return text
-        wanted = text.split(":", 1)[1]
-        if wanted not in MANAGER.names():
-            raise SpecError(f"--net {text}: there is no container named {wanted!r} to share a "
-                            "network with (%container ls lists them).")
-        other = MANAGER.get(wanted)
-        if other.state != "running" or other.result.pid is None:
-            raise SpecError(f"--net {text}: that container is not running.")
-        return f"container:{other.result.pid}"
-
     @line_magic
     def nsmagic(self, line: str) -> None:
         """%nsmagic doctor: what this host allows containers to do, and why not."""
@@ -496,12 +415,6 @@ class ContainerMagics(Magics):
             print(host.probe().describe())
             return
         raise UsageError(f"%nsmagic does not know {line!r}; try %nsmagic doctor.")
-
-
-def _given(value: str | None, default: str | None) -> str | None:
-    """An option's value, or the configured default when the option was not given at all
-    (an empty value is given, and invalid)."""
-    return default if value is None else value
 
 
 def _positive_seconds(text: object, option: str) -> float:
@@ -590,16 +503,9 @@ def _limits_in_force(spec: ContainerSpec) -> Limits:
     if spec.cgroup is None:
         return spec.limits
     try:
-        return cgroup_api.get(spec.cgroup).limits()
+        return groups.get(spec.cgroup).limits()
     except (SpecError, OSError):
         return spec.limits
-
-
-def _probe_quietly() -> host.HostReport | None:
-    try:
-        return host.probe()
-    except Exception:  # noqa: BLE001 - the container start will say what fails
-        return None
 
 
 def _write_stdout(text: str) -> None:

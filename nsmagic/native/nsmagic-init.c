@@ -10,12 +10,13 @@
  *   - reaps every zombie (orphans of the payload are reparented to pid 1);
  *   - if the lifeline (a pipe from the fork server) reaches end of file, the supervisor is
  *     gone: kills everything and exits 137;
- *   - when the payload ends, reports how on the message socket as one JSON datagram
- *     {"event":"payload-exited","code":N} or {"event":"payload-exited","signal":N},
+ *   - when the payload ends, reports how on the events socket as one JSON datagram
+ *     {"event":"payload-exited","code":N} or {"event":"payload-exited","signal":N}
+ *     (EVENT_PAYLOAD_EXITED below is protocol.py's Event.PAYLOAD_EXITED, by name),
  *     kills what the payload left running, and exits with its status.
  *
- * Usage (from init.py, never by hand): nsmagic-init PAYLOAD_PID CTL_FD LIFELINE_FD [privileged]
- * CTL_FD may also be sync:FD, a socket on which the message socket arrives later (SCM_RIGHTS,
+ * Usage (from init.py, never by hand): nsmagic-init PAYLOAD_PID EVENTS_FD LIFELINE_FD [privileged]
+ * EVENTS_FD may also be sync:FD, a socket on which the events socket arrives later (SCM_RIGHTS,
  * with any one-datagram message): a warm container's pid 1 becomes nsmagic-init while idle,
  * and end of file there means the container was discarded. A fifth argument keeps every
  * capability (--privileged). The signals above and SIGCHLD arrive blocked (the mask survives
@@ -36,6 +37,9 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+/* Event.PAYLOAD_EXITED of nsmagic/runtime/protocol.py. */
+#define EVENT_PAYLOAD_EXITED "payload-exited"
 
 static const int forwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
 
@@ -147,11 +151,11 @@ int main(int argc, char **argv)
 	if (argc != 4 && argc != 5)
 		return 125;
 	payload = (pid_t)atoi(argv[1]);
-	int ctl = -1, sync = -1;
+	int events = -1, sync = -1;
 	if (strncmp(argv[2], "sync:", 5) == 0)
 		sync = atoi(argv[2] + 5);
 	else
-		ctl = atoi(argv[2]);
+		events = atoi(argv[2]);
 	int lifeline = atoi(argv[3]);
 	if (argc == 4)  /* a fifth argument means --privileged: keep every capability */
 		drop_capabilities();
@@ -176,10 +180,10 @@ int main(int argc, char **argv)
 			return 125;
 		}
 		if (fds[2].revents) {
-			ctl = receive_fd(sync);
+			events = receive_fd(sync);
 			close(sync);
 			sync = -1;
-			if (ctl < 0) {
+			if (events < 0) {
 				/* Discarded before it was used: nobody is waiting for a report. */
 				kill_leftovers();
 				_exit(0);
@@ -207,14 +211,14 @@ int main(int argc, char **argv)
 	int code;
 	if (WIFSIGNALED(payload_status)) {
 		code = 128 + WTERMSIG(payload_status);
-		snprintf(message, sizeof message, "{\"event\":\"payload-exited\",\"signal\":%d}",
+		snprintf(message, sizeof message, "{\"event\":\"" EVENT_PAYLOAD_EXITED "\",\"signal\":%d}",
 			 WTERMSIG(payload_status));
 	} else {
 		code = WEXITSTATUS(payload_status);
-		snprintf(message, sizeof message, "{\"event\":\"payload-exited\",\"code\":%d}", code);
+		snprintf(message, sizeof message, "{\"event\":\"" EVENT_PAYLOAD_EXITED "\",\"code\":%d}", code);
 	}
-	if (ctl >= 0)
-		send(ctl, message, strlen(message), MSG_NOSIGNAL);
+	if (events >= 0)
+		send(events, message, strlen(message), MSG_NOSIGNAL);
 	kill_leftovers();
 	return code;
 }

@@ -11,12 +11,13 @@ import sys
 import threading
 
 from nsmagic.runtime import protocol
-from nsmagic.runtime.spec import ContainerSpec, Payload
+from nsmagic.runtime.protocol import Op
+from nsmagic.runtime.spec import ContainerSpec
 
 
 def _helper_command(fd: int, *extra: str) -> list[str]:
     # -s: the user's site directory is not the container's business; -u: unbuffered errors.
-    return [sys.executable, "-s", "-u", "-m", "nsmagic.runtime.zygote", str(fd), *extra]
+    return [sys.executable, "-s", "-u", "-m", "nsmagic.runtime.server", str(fd), *extra]
 
 
 def _helper_environment() -> dict[str, str]:
@@ -33,10 +34,9 @@ class Launcher(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def launch(self, spec: ContainerSpec, payload: Payload, stdout_fd: int, stderr_fd: int,
-               ctl_fd: int, data_fd: int) -> None:
-        """Start a container; its events arrive on the other end of ctl_fd, variables and
-        agent requests travel on data_fd."""
+    def launch(self, spec: ContainerSpec, fds: list[int]) -> None:
+        """Start a container with the descriptors of Op.LAUNCH: stdout, stderr, supervisor,
+        events, data[, join]. The payload itself goes on the data socket, never here."""
 
     def close(self) -> None:
         """Release the launcher's helper process, if any; safe to call twice."""
@@ -48,8 +48,7 @@ class SpawnLauncher(Launcher):
 
     name = "spawn"
 
-    def launch(self, spec: ContainerSpec, payload: Payload, stdout_fd: int, stderr_fd: int,
-               ctl_fd: int, data_fd: int) -> None:
+    def launch(self, spec: ContainerSpec, fds: list[int]) -> None:
         ours, theirs = protocol.socketpair()
         with ours, theirs:
             process = subprocess.Popen(
@@ -60,9 +59,7 @@ class SpawnLauncher(Launcher):
                 start_new_session=True,
             )
             theirs.close()
-            protocol.send(ours, {"op": "launch", "spec": spec.to_wire(),
-                                 "payload": payload.to_wire()},
-                          fds=[stdout_fd, stderr_fd, ctl_fd, data_fd])
+            protocol.send(ours, {"op": Op.LAUNCH, "spec": spec.to_wire(private=False)}, fds=fds)
         # The helper becomes the supervisor; reap it when it ends, without blocking the caller.
         threading.Thread(target=process.wait, name="nsmagic-reaper", daemon=True).start()
 
@@ -107,19 +104,17 @@ class ForkServerLauncher(Launcher):
         """Start the server if needed and wait until it answers; return its pid."""
         with self._lock:
             control = self._ensure_started()
-            protocol.send(control, {"op": "ping"})
+            protocol.send(control, {"op": Op.PING})
             reply, _ = protocol.receive(control)
         if reply is None:
             raise RuntimeError("the nsmagic fork server exited at start-up")
         return int(reply["pong"])
 
-    def launch(self, spec: ContainerSpec, payload: Payload, stdout_fd: int, stderr_fd: int,
-               ctl_fd: int, data_fd: int) -> None:
+    def launch(self, spec: ContainerSpec, fds: list[int]) -> None:
         with self._lock:
             control = self._ensure_started()
-            protocol.send(control, {"op": "launch", "spec": spec.to_wire(),
-                                    "payload": payload.to_wire()},
-                          fds=[stdout_fd, stderr_fd, ctl_fd, data_fd])
+            protocol.send(control, {"op": Op.LAUNCH, "spec": spec.to_wire(private=False)},
+                          fds=fds)
 
     def _stop(self) -> None:
         if self._control is not None:

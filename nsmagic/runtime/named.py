@@ -9,6 +9,7 @@ import os
 import pickle
 import select
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -17,8 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nsmagic.errors import ContainerSetupError, NsmagicError, SpecError
-from nsmagic.runtime import transfer
-from nsmagic.runtime.container import Container, ContainerResult, OutputCallback, RemoteException
+from nsmagic.runtime import protocol, transfer
+from nsmagic.runtime.container import (
+    OUTPUTS_LIMIT,
+    Container,
+    ContainerResult,
+    OutputCallback,
+    RemoteException,
+)
 from nsmagic.runtime.launcher import Launcher
 from nsmagic.runtime.spec import ContainerSpec, validate_name
 
@@ -178,7 +185,7 @@ class ManagedContainer:
         with self._exec_lock:
             self._sink = {"stdout": on_stdout, "stderr": on_stderr}
             try:
-                transfer.send_frame(self.container.data, pickle.dumps(request))
+                protocol.send_frame(self.container.data, pickle.dumps(request))
                 reply, packed, interrupted = self._await_reply()
             finally:
                 self._drain()
@@ -188,10 +195,7 @@ class ManagedContainer:
                                 exception=RemoteException("ContainerExited",
                                                           self.result.describe(), []))
         else:
-            exception = reply["exception"]
-            result = ExecResult(
-                exit_code=reply["exit_code"], interrupted=interrupted,
-                exception=RemoteException(**exception) if exception else None)
+            result = _exec_result(reply, interrupted)
             if packed is not None:
                 result.outputs, result.output_errors = transfer.unpack_reply(*packed)
         result.elapsed_s = time.perf_counter() - began
@@ -210,7 +214,10 @@ class ManagedContainer:
                 wait_s = None if deadline is None else max(0.0, deadline - time.monotonic())
                 ready, _, _ = select.select([data, *self._pipe_fds()], [], [], wait_s)
                 if data in ready:
-                    frame = transfer.receive_frame(data)
+                    try:
+                        frame = protocol.receive_frame(data, OUTPUTS_LIMIT)
+                    except NsmagicError:
+                        frame = None  # a reply past the limit: the container broke the rules
                     if frame is None:
                         return None, None, interrupted
                     frames.append(frame)
@@ -226,7 +233,11 @@ class ManagedContainer:
                 interrupted = True
                 self.container.send_signal(signal.SIGINT)  # pid 1 forwards it to the cell
                 deadline = time.monotonic() + EXEC_INTERRUPT_GRACE_S
-        return json.loads(frames[0]), frames[1:], interrupted
+        try:
+            reply = json.loads(frames[0])
+        except ValueError:
+            reply = {}
+        return (reply if isinstance(reply, dict) else {}), frames[1:], interrupted
 
     # -- output plumbing -----------------------------------------------------------------
     def _pipe_fds(self) -> list[int]:
@@ -274,15 +285,13 @@ class ManagedContainer:
         """Background thread of an agent container: output between cells, and its end."""
         container = self.container
         try:
-            while True:
-                ctl = container.message_socket
-                if ctl is None:
-                    break
-                fds = [ctl, *self._pipe_fds()]
-                ready, _, _ = select.select(fds, [], [], 0.2)
-                if ctl in ready and not container.handle_message():
-                    break
-                pipes = [fd for fd in ready if fd is not ctl]
+            while not container.ended:
+                sockets = container.message_sockets
+                ready, _, _ = select.select([*sockets, *self._pipe_fds()], [], [], 0.2)
+                for sock in sockets:
+                    if sock in ready:
+                        container.handle_message(sock)
+                pipes = [fd for fd in ready if not isinstance(fd, socket.socket)]
                 if pipes and not self._exec_lock.locked():
                     self._read_pipes(pipes)
         except NsmagicError as error:
@@ -293,6 +302,23 @@ class ManagedContainer:
             self._drain()
             container.finish()
             self.done.set()
+
+
+def _exec_result(reply: dict, interrupted: bool) -> ExecResult:
+    """A cell's REPLY frame, from the container: checked field by field."""
+    code = reply.get("exit_code")
+    exception = reply.get("exception")
+    remote = None
+    if isinstance(exception, dict):
+        lines = exception.get("traceback")
+        remote = RemoteException(
+            str(exception.get("type", "Exception"))[:200],
+            str(exception.get("message", ""))[:10_000],
+            [str(line)[:10_000] for line in lines[-200:]] if isinstance(lines, list) else [])
+    if not isinstance(code, int) or isinstance(code, bool):
+        code, remote = -1, remote or RemoteException("ProtocolError", "the container's reply "
+                                                     "to the cell was malformed", [])
+    return ExecResult(exit_code=code, interrupted=interrupted, exception=remote)
 
 
 class ContainerManager:

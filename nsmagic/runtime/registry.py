@@ -28,6 +28,9 @@ class ContainerRecord:
     state: str = "starting"  # starting, running, exited
     outcome: str | None = None  # e.g. "exit status 0", "killed: out of memory, ..."
     oom: dict[str, Any] | None = None
+    # pid 1's pidfd while it runs (the Container's own, from its supervisor): how another
+    # container joins this one's network without ever naming a pid.
+    pidfd_of: Callable[[], int | None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -79,6 +82,13 @@ class Registry:
         with self._lock:
             found = list(self._records.values())
         return [r for r in found if include_exited or r.state != "exited"]
+
+    def running(self, name: str) -> ContainerRecord | None:
+        """The running container of that name, if any (the newest, should two share it)."""
+        with self._lock:
+            found = [r for r in self._records.values()
+                     if r.name == name and r.state == "running"]
+        return found[-1] if found else None
 
     def get(self, container_id: str) -> ContainerRecord | None:
         """The record of that id, if known."""

@@ -71,7 +71,7 @@ class ContainerSpec:
     gid_outside: int | None = None
     name: str | None = None
     cgroup: str | None = None  # run in this existing nsmagic cgroup instead of a fresh one
-    net: str = "none"  # none (own namespace, lo), bridge, host, or container:<host pid>
+    net: str = "none"  # none (own namespace, lo), bridge, host, or container:NAME (shared)
     privileged: bool = False  # keep every capability and allow privilege gains (loudly)
     container_id: str = field(default_factory=lambda: os.urandom(6).hex())
 
@@ -112,8 +112,8 @@ class ContainerSpec:
             chosen.discard("net")
         elif net in ("none", "bridge"):
             chosen.add("net")
-        elif net.startswith("container:") and net.split(":", 1)[1].isdigit():
-            chosen.discard("net")  # joined, not created
+        elif net.startswith("container:") and net.split(":", 1)[1]:
+            chosen.discard("net")  # joined (through the other container's pidfd), not created
         else:
             raise SpecError(f"--net must be none, bridge, host or container:NAME, not {net!r}.")
         unknown = chosen - ALL_NAMESPACES
@@ -183,10 +183,13 @@ class ContainerSpec:
                            gid_outside=os.getegid() if not is_root else 65534)
         return spec
 
-    def to_wire(self) -> dict[str, Any]:
-        """JSON-safe form sent to the launcher."""
+    def to_wire(self, private: bool = True) -> dict[str, Any]:
+        """JSON-safe form; private=False leaves out what only the container's own main
+        process may hold (its environment and working directory), for the fork server."""
         data = asdict(self)
         data["namespaces"] = sorted(self.namespaces)
+        if not private:
+            data["env"], data["cwd"] = {}, "/"
         return data
 
     @classmethod
@@ -197,6 +200,21 @@ class ContainerSpec:
         data["limits"] = Limits(**data["limits"])
         data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
         return cls(**data)
+
+
+def warm_profile() -> ContainerSpec:
+    """The spec warm containers are prepared for: Docker's default namespaces, as root."""
+    return ContainerSpec(namespaces=DEFAULT_NAMESPACES, mount_proc=True, private_tmp=True)
+
+
+def matches_warm_profile(spec: ContainerSpec) -> bool:
+    """True when a warm container can serve this spec exactly as a cold one would."""
+    profile = warm_profile()
+    return (os.geteuid() == 0 and spec.namespaces == profile.namespaces and spec.net == "none"
+            and not spec.privileged  # warm processes have dropped their bounding set
+            and spec.mount_proc == profile.mount_proc
+            and spec.private_tmp == profile.private_tmp and spec.cgroup is None
+            and spec.mount_options() == profile.mount_options())
 
 
 def parse_volume(text: str) -> Volume:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import struct
 from typing import Any
 
 from nsmagic.errors import SpecError
@@ -23,7 +22,6 @@ _SAFE_GLOBALS = {
     ("datetime", "timedelta"), ("datetime", "timezone"), ("decimal", "Decimal"),
     ("fractions", "Fraction"),
 }
-_FRAME_HEADER = struct.Struct("!Q")
 
 
 class TransferError(SpecError):
@@ -74,46 +72,23 @@ def unpack_untrusted(packed: dict[str, bytes]) -> tuple[dict[str, Any], dict[str
 
 
 def unpack_reply(header: bytes, blob: bytes) -> tuple[dict[str, Any], dict[str, str]]:
-    """The two frames a payload sends back after --out: errors, then the pickles."""
-    errors = json.loads(header)["errors"]
+    """The two frames a payload sends back after --out: errors, then the pickles.
+
+    Both come from the container: anything malformed becomes an error sentence, never an
+    exception in the notebook.
+    """
+    try:
+        errors = json.loads(header)["errors"]
+        if not isinstance(errors, dict):
+            raise TypeError
+        errors = {str(name): str(text) for name, text in errors.items()}
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return {}, {"--out": "the container's reply to --out was malformed: no variable "
+                             "was copied out."}
     outer, outer_errors = unpack_untrusted({"outputs": blob})
-    values, refused = unpack_untrusted(outer.get("outputs", {}))
+    inner = outer.get("outputs", {})
+    if not isinstance(inner, dict) or not all(isinstance(v, bytes) for v in inner.values()):
+        return {}, {**errors, "--out": "the container's reply to --out was malformed: no "
+                                       "variable was copied out."}
+    values, refused = unpack_untrusted(inner)
     return values, {**errors, **outer_errors, **refused}
-
-
-def send_frame(sock: Any, data: bytes) -> None:
-    """One length-prefixed frame on a stream socket."""
-    sock.sendall(_FRAME_HEADER.pack(len(data)) + data)
-
-
-def receive_frame(sock: Any) -> bytes | None:
-    """The next frame, or None at end of stream."""
-    header = _receive_exactly(sock, _FRAME_HEADER.size)
-    if header is None:
-        return None
-    (size,) = _FRAME_HEADER.unpack(header)
-    return _receive_exactly(sock, size) if size else b""
-
-
-def _receive_exactly(sock: Any, size: int) -> bytes | None:
-    chunks, remaining = [], size
-    while remaining:
-        chunk = sock.recv(min(remaining, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
-def split_frames(buffer: bytes) -> list[bytes]:
-    """All complete frames in a buffer read at once."""
-    frames, offset = [], 0
-    while offset + _FRAME_HEADER.size <= len(buffer):
-        (size,) = _FRAME_HEADER.unpack_from(buffer, offset)
-        start = offset + _FRAME_HEADER.size
-        if start + size > len(buffer):
-            break
-        frames.append(buffer[start:start + size])
-        offset = start + size
-    return frames

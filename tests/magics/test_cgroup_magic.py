@@ -17,7 +17,7 @@ import psutil
 import pytest
 from IPython.core.error import UsageError
 
-from nsmagic import cgroup_api
+from nsmagic.runtime import groups
 from nsmagic.cgroups import Limits
 from nsmagic.magics import ContainerError
 from nsmagic.magics.cgroup import CgroupError, CgroupMagics
@@ -53,8 +53,8 @@ def no_cgroup_left(ipython_shell):
     """Each test must remove what it created: no group in /sys/fs/cgroup, none registered."""
     yield
     left = wait_until(lambda: not nsmagic_cgroups(), 3) or nsmagic_cgroups()
-    registered = cgroup_api.names()
-    cgroup_api.remove_all()  # so one failure does not cascade into the next tests
+    registered = groups.names()
+    groups.remove_all()  # so one failure does not cascade into the next tests
     assert left is True, f"leaked cgroups: {left}"
     assert not registered, f"groups left registered: {registered}"
 
@@ -158,7 +158,7 @@ def test_create_container_show_set_run_ls_rm_round_trip(ipython_shell, capsys):
 
     shell.run_line_magic("cgroup", "rm exp1")
     assert f"removed exp1 ({full})" in shown(capsys)
-    assert not memory_dir.exists() and cgroup_api.names() == []
+    assert not memory_dir.exists() and groups.names() == []
     with pytest.raises(UsageError, match="there is no cgroup named 'exp1'"):
         shell.run_line_magic("cgroup", "rm exp1")
 
@@ -183,9 +183,9 @@ def test_run_reports_an_oom_kill_and_a_failing_command(ipython_shell, capsys):
 def test_groups_go_with_their_kernel_atexit_and_prune_takes_a_dead_kernels(tmp_path):
     script = textwrap.dedent("""
         import os, sys
-        from nsmagic import cgroup_api
+        from nsmagic.runtime import groups
         from nsmagic.cgroups import Limits
-        cgroup_api.create("left", Limits(memory=64 << 20))
+        groups.create("left", Limits(memory=64 << 20))
         print(os.getpid(), flush=True)
         if sys.argv[1] == "crash":
             os.kill(os.getpid(), 9)
@@ -207,10 +207,10 @@ def test_unload_removes_this_kernels_groups(ipython_shell):
     ipython_shell.run_line_magic("cgroup", "create gone --pids 8")
     ipython_shell.run_line_magic("unload_ext", "nsmagic")
     try:
-        kept = cgroup_api.names()
+        kept = groups.names()
     finally:
         ipython_shell.run_line_magic("load_ext", "nsmagic")
-        cgroup_api.remove_all()
+        groups.remove_all()
     assert kept == []
 
 
@@ -219,8 +219,8 @@ def test_rm_kills_what_is_inside(ipython_shell, capsys):
     ipython_shell.run_line_magic("cgroup", "create busy --pids 50")
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        cgroup_api.get("busy").attach(sleeper.pid)
-        assert sleeper.pid in cgroup_api.get("busy").pids()
+        groups.get("busy").attach(sleeper.pid)
+        assert sleeper.pid in groups.get("busy").pids()
         ipython_shell.run_line_magic("cgroup", "rm busy")
         assert sleeper.wait(timeout=5) == -signal.SIGKILL
     finally:
@@ -245,8 +245,8 @@ def test_run_uses_no_namespace_so_needs_no_privilege(ipython_shell, capsys,
 
 
 def test_show_and_ls_tables_have_text_and_html_forms(ipython_shell, capsys):
-    cgroup_api.create("tbl", Limits(memory=64 * MiB, pids=20))
-    report = cgroup_api.report("tbl")
+    groups.create("tbl", Limits(memory=64 * MiB, pids=20))
+    report = groups.report("tbl")
     rows = dict(report.rows())
     assert rows["memory limit"] == "64 MiB" and rows["pids limit"] == "20"
     assert rows["pids current"] == "0"
@@ -254,13 +254,13 @@ def test_show_and_ls_tables_have_text_and_html_forms(ipython_shell, capsys):
     assert "<table>" in html and "<th style='text-align:left'>memory limit</th>" in html
     assert "64 MiB" in html
     assert str(report).startswith(f"cgroup tbl (nsmagic-{os.getpid()}-tbl)")
-    listing = cgroup_api.table()
+    listing = groups.table()
     assert [row[0] for row in listing.rows()] == ["tbl"]
     assert "<table class='nsmagic-cgroups'>" in listing._repr_html_()
     # In the shell, display() shows the text form.
     ipython_shell.run_line_magic("cgroup", "show tbl")
     assert re.search(r"memory limit\s+64 MiB", shown(capsys))
-    cgroup_api.remove("tbl")
+    groups.remove("tbl")
     ipython_shell.run_line_magic("cgroup", "ls")
     assert "no cgroups yet" in shown(capsys)
 
@@ -285,7 +285,7 @@ def test_dash_h_prints_a_subcommands_help(ipython_shell, capsys):
 def existing(ipython_shell):
     ipython_shell.run_line_magic("cgroup", "create taken --pids 10")
     yield
-    cgroup_api.remove("taken")
+    groups.remove("taken")
 
 
 @pytest.mark.parametrize(
@@ -322,12 +322,12 @@ def existing(ipython_shell):
 )
 def test_bad_input_is_one_usage_error_and_creates_nothing(ipython_shell, existing, line,
                                                           message):
-    before = (nsmagic_cgroups(), cgroup_api.names(), running_containers())
+    before = (nsmagic_cgroups(), groups.names(), running_containers())
     with pytest.raises(UsageError, match=re.escape(message)) as caught:
         ipython_shell.run_line_magic("cgroup", line)
     assert type(caught.value) is UsageError  # IPython prints exactly UsageError in one line
     assert "\n" not in str(caught.value)
-    assert (nsmagic_cgroups(), cgroup_api.names(), running_containers()) == before
+    assert (nsmagic_cgroups(), groups.names(), running_containers()) == before
 
 
 def test_container_cgroup_refuses_limits_and_unknown_groups(ipython_shell):
@@ -341,7 +341,7 @@ def test_container_cgroup_refuses_limits_and_unknown_groups(ipython_shell):
 
 # -- the rlimit fallback, as an unprivileged user -----------------------------------------
 @pytest.mark.unprivileged
-@pytest.mark.skipif(IS_ROOT or not cgroup_api.is_approximate(),
+@pytest.mark.skipif(IS_ROOT or not groups.is_approximate(),
                     reason="needs a host without writable cgroups (runs in the nobody pass)")
 def test_rlimit_group_limits_a_container_as_approximated(ipython_shell, capsys,
                                                          nofile_for_containers):

@@ -15,7 +15,7 @@ import pytest
 
 import nsmagic
 from nsmagic.isolation.capabilities import DOCKER_DEFAULT
-from nsmagic.runtime import init
+from nsmagic.runtime.inside import init
 from nsmagic.runtime.launcher import ForkServerLauncher
 
 from ..conftest import our_cgroups, running_containers, wait_until
@@ -166,7 +166,7 @@ def test_an_idle_containers_pid_1_holds_almost_no_memory_of_its_own(monkeypatch)
 
 
 def test_nsmagic_init_is_not_used_when_the_environment_says_python():
-    code = ("import nsmagic.runtime.init as i, sys; "
+    code = ("import nsmagic.runtime.inside.init as i, sys; "
             "sys.exit(0 if i.NATIVE_INIT is None else 1)")
     env = dict(os.environ, NSMAGIC_INIT="python")
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0

@@ -1,6 +1,5 @@
-"""Inside the container: the namespace set-up its main process does first, and pid 1, which
-forks that process, reaps zombies, forwards signals and reports how the payload ended (in
-Python, or by becoming nsmagic-init, which does the same)."""
+"""pid 1 of a container: forks the main process, reaps zombies, forwards signals and reports
+how the payload ended, in Python or by becoming nsmagic-init, which does the same."""
 
 from __future__ import annotations
 
@@ -11,9 +10,9 @@ import signal
 import socket
 from collections.abc import Callable
 
-from nsmagic.isolation import capabilities, mounts, network, syscalls
+from nsmagic.isolation import capabilities, syscalls
 from nsmagic.runtime import protocol
-from nsmagic.runtime.spec import ContainerSpec
+from nsmagic.runtime.protocol import Event
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2)
@@ -23,8 +22,8 @@ def _find_native_init() -> str | None:
     # Found once, in the fork server: inside a container the path may not exist any more.
     if os.environ.get("NSMAGIC_INIT", "native") == "python":
         return None
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "native", "nsmagic-init")
+    package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(package, "native", "nsmagic-init")
     return path if os.access(path, os.X_OK) else None
 
 
@@ -32,34 +31,6 @@ def _find_native_init() -> str | None:
 # there: pid 1 executes it once the payload is forked, so that an idle container keeps one
 # forked interpreter, not two. None: pid 1 stays this module's Python (NSMAGIC_INIT=python).
 NATIVE_INIT = _find_native_init()
-
-
-def setup_inside(spec: ContainerSpec, cgroup_directories: list[str] = ()) -> list[str]:
-    """Configure the namespaces this process was created in; return warnings for the user.
-
-    One ordered checklist, in the order the kernel needs: mounts first (they need the
-    private propagation before anything is mounted), then the network, then the host name.
-    """
-    warnings = prepare_namespaces(spec, cgroup_directories)
-    name_host(spec)
-    return warnings
-
-
-def prepare_namespaces(spec: ContainerSpec, cgroup_directories: list[str] = ()) -> list[str]:
-    """The part of the set-up that depends only on which namespaces and mounts a spec has
-    (so a pre-warmed container can do it before knowing the rest)."""
-    warnings: list[str] = []
-    if "mount" in spec.namespaces:
-        warnings += mounts.setup_mount_namespace(spec.mount_options(), list(cgroup_directories))
-    if "net" in spec.namespaces:
-        network.bring_loopback_up()
-    return warnings
-
-
-def name_host(spec: ContainerSpec) -> None:
-    """Set the container's host name in its UTS namespace."""
-    if "uts" in spec.namespaces:
-        socket.sethostname(spec.effective_hostname)
 
 
 class PidOne:
@@ -106,26 +77,25 @@ class PidOne:
                 os._exit(code)
         return payload_pid
 
-    def supervise(self, payload_pid: int, ctl_fd: int, privileged: bool = False) -> int:
+    def supervise(self, payload_pid: int, events_fd: int, privileged: bool = False) -> int:
         """Wait for the payload, report how it ended, kill what it left; return our exit code.
 
         With nsmagic-init, that program does it all in our place and this never returns.
         """
         if self.native_init is not None:
-            os.set_inheritable(ctl_fd, True)
-            self._become_native_init(payload_pid, str(ctl_fd), privileged)
+            os.set_inheritable(events_fd, True)
+            self._become_native_init(payload_pid, str(events_fd), privileged)
         if not privileged:
             # pid 1 needs no privilege from here on, and the payload must not borrow any.
             capabilities.make_undumpable()
             capabilities.restrict_to()
         status = _supervise_payload(payload_pid, self.wake_read, self.lifeline_fd, self.pending)
-        protocol.send(ctl_fd, {"event": "payload-exited", **status})
+        protocol.send(events_fd, {"event": Event.PAYLOAD_EXITED, **status})
         _kill_leftovers()
         return status.get("code", 128 + status.get("signal", 0))
 
-
     def wait_then_supervise(self, payload_pid: int, sync: socket.socket) -> int:
-        """A warm pid 1: wait for the container's message socket on sync (end of file: the
+        """A warm pid 1: wait for the container's events socket on sync (end of file: the
         container is discarded), then supervise. nsmagic-init, if there, does the waiting
         itself: becoming it now keeps that work out of the container's start."""
         if self.native_init is not None:
@@ -137,8 +107,8 @@ class PidOne:
         sync.close()
         return self.supervise(payload_pid, fds[0])
 
-    def _become_native_init(self, payload_pid: int, ctl: str, privileged: bool) -> None:
-        """Execute nsmagic-init with the same duties (ctl: the message socket's number, or
+    def _become_native_init(self, payload_pid: int, events: str, privileged: bool) -> None:
+        """Execute nsmagic-init with the same duties (events: the events socket's number, or
         sync:N to receive it there); return only if that fails."""
         watched = {*FORWARDED_SIGNALS, signal.SIGCHLD}
         # Blocked signals stay pending across execve, where nsmagic-init reads them: none is
@@ -149,7 +119,7 @@ class PidOne:
                 _signal_quietly(payload_pid, signum)
         self.pending.clear()
         os.set_inheritable(self.lifeline_fd, True)
-        arguments = ["nsmagic-init", str(payload_pid), ctl, str(self.lifeline_fd)]
+        arguments = ["nsmagic-init", str(payload_pid), events, str(self.lifeline_fd)]
         try:
             os.execve(self.native_init, arguments + (["privileged"] if privileged else []), {})
         except OSError as error:

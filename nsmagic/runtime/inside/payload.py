@@ -15,6 +15,7 @@ import traceback
 
 from nsmagic.isolation import capabilities
 from nsmagic.runtime import protocol, transfer
+from nsmagic.runtime.protocol import Event
 from nsmagic.runtime.spec import Payload
 
 
@@ -28,8 +29,8 @@ def _fresh_stdio() -> None:
     sys.__stdout__, sys.__stderr__, sys.__stdin__ = sys.stdout, sys.stderr, sys.stdin
 
 
-def run_payload(payload: Payload, ctl_fd: int, env: dict[str, str], cwd: str,
-                data_fd: int | None = None, privileged: bool = False) -> int:
+def run_payload(payload: Payload, events_fd: int, env: dict[str, str], cwd: str,
+                data: socket.socket | None = None, privileged: bool = False) -> int:
     """Execute the payload in this (already isolated) process; return its exit code."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD,
                    signal.SIGPIPE, signal.SIGQUIT):
@@ -46,15 +47,14 @@ def run_payload(payload: Payload, ctl_fd: int, env: dict[str, str], cwd: str,
     if payload.kind == "shell":
         os.execve(payload.shell, [payload.shell, "-c", payload.source], env)
     _fresh_stdio()
-    data = socket.socket(fileno=data_fd) if data_fd is not None else None
     if payload.kind == "agent":
         return _serve_agent(data)
     namespace = _fresh_namespace()
     if payload.inputs and data is not None:
-        namespace.update(transfer.unpack_trusted(pickle.loads(transfer.receive_frame(data))))
+        namespace.update(transfer.unpack_trusted(pickle.loads(protocol.receive_frame(data))))
     outcome = _run_python(payload.source, payload.filename, payload.first_line, namespace)
     if outcome.exception is not None:
-        _report_exception(outcome.exception, ctl_fd)
+        _report_exception(outcome.exception, events_fd)
     if payload.outputs and data is not None:
         _send_outputs(data, namespace, payload.outputs, outcome.exception is None)
     return outcome.exit_code
@@ -111,8 +111,8 @@ def _send_outputs(data: socket.socket, namespace: dict, names: tuple[str, ...],
             packed.update(transfer.pack({name: namespace[name]}))
         except transfer.TransferError as error:
             errors[name] = str(error).replace("into the container", "out of the container")
-    transfer.send_frame(data, json.dumps({"errors": errors}).encode())
-    transfer.send_frame(data, pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL))
+    protocol.send_frame(data, json.dumps({"errors": errors}).encode())
+    protocol.send_frame(data, pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _serve_agent(data: socket.socket) -> int:
@@ -121,7 +121,7 @@ def _serve_agent(data: socket.socket) -> int:
     namespace = _fresh_namespace()
     while True:
         try:
-            frame = transfer.receive_frame(data)
+            frame = protocol.receive_frame(data)
         except KeyboardInterrupt:
             continue  # an interrupt that arrived between cells
         if frame is None:
@@ -140,7 +140,7 @@ def _serve_agent(data: socket.socket) -> int:
         reply = {"exit_code": outcome.exit_code, "exception": None}
         if outcome.exception is not None:
             reply["exception"] = _describe_exception(outcome.exception)
-        transfer.send_frame(data, json.dumps(reply).encode())
+        protocol.send_frame(data, json.dumps(reply).encode())
         _send_outputs(data, namespace, tuple(request.get("outputs") or ()),
                       outcome.exception is None)
 
@@ -172,9 +172,9 @@ def _describe_exception(error: BaseException) -> dict:
     return {"type": type(error).__name__, "message": str(error), "traceback": formatted[-200:]}
 
 
-def _report_exception(error: BaseException, ctl_fd: int) -> None:
-    message = {"event": "exception", **_describe_exception(error)}
+def _report_exception(error: BaseException, events_fd: int) -> None:
+    message = {"event": Event.EXCEPTION, **_describe_exception(error)}
     try:
-        protocol.send(ctl_fd, message)
+        protocol.send(events_fd, message)
     except (OSError, ValueError):
         sys.stderr.write("".join(message["traceback"]))

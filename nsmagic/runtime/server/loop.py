@@ -1,10 +1,10 @@
-"""The fork server: one small single-threaded process per notebook kernel, started once with
-the runtime imported, that creates containers on request and supervises them all."""
+"""The fork server's event loop: one small single-threaded process per notebook kernel,
+started once with the runtime imported, that creates containers on request and supervises
+them all. Run as `python -m nsmagic.runtime.server FD [--once]`."""
 
 from __future__ import annotations
 
 import gc
-import json
 import os
 import selectors
 import signal
@@ -13,12 +13,14 @@ import sys
 import traceback
 
 from nsmagic.cgroups.base import CgroupDriver
-from nsmagic.errors import ContainerSetupError
+from nsmagic.errors import ContainerSetupError, NsmagicError
 from nsmagic.isolation import network, syscalls
-from nsmagic.runtime import pool, protocol
-from nsmagic.runtime.forker import Forker
-from nsmagic.runtime.spec import ContainerSpec, Payload
-from nsmagic.runtime.supervisor import SupervisedContainer, send_quietly
+from nsmagic.runtime import protocol
+from nsmagic.runtime.protocol import Event, Op, send_quietly
+from nsmagic.runtime.server import pool
+from nsmagic.runtime.server.forker import Forker
+from nsmagic.runtime.server.record import LaunchFds, SupervisedContainer
+from nsmagic.runtime.spec import ContainerSpec, matches_warm_profile
 
 
 class ForkServer:
@@ -77,7 +79,7 @@ class ForkServer:
                         elif what == "warm":
                             self._handle_warm_message(subject)
                         else:
-                            self._handle_container_message(subject)
+                            self._handle_supervisor_message(subject)
                 if self.once and self._served and not self.containers:
                     return
         finally:
@@ -108,7 +110,7 @@ class ForkServer:
             self._warm_failures += 1
             return
         self.warm.append(warm)
-        self.selector.register(warm.payload_sync, selectors.EVENT_READ, (warm, "warm"))
+        self.selector.register(warm.handover, selectors.EVENT_READ, (warm, "warm"))
 
     def cgroup_driver_for_pool(self) -> CgroupDriver | None:
         """Warm containers get a cgroup only where real cgroups exist."""
@@ -116,100 +118,102 @@ class ForkServer:
         return driver if driver is not None and driver.name in ("v1", "v2") else None
 
     def _handle_warm_message(self, warm: pool.WarmContainer) -> None:
-        try:
-            message = warm.payload_sync.recv(4096)
-        except OSError:
-            message = b""
-        if message == b"warm":
+        if pool.is_warm(warm):
             warm.ready = True
             return
         # It died or failed to get ready: drop it.
         self._warm_failures += 1
         self.warm.remove(warm)
-        self.selector.unregister(warm.payload_sync)
+        self.selector.unregister(warm.handover)
         warm.discard()
 
     def _take_warm(self, spec: ContainerSpec) -> pool.WarmContainer | None:
-        if not pool.matches_warm_profile(spec):
+        if not matches_warm_profile(spec):
             return None
         if not spec.limits.is_empty() and self.cgroup_driver_for_pool() is None:
             return None  # rlimit limits are set at creation: the cold path does that
         for warm in self.warm:
             if warm.ready:
                 self.warm.remove(warm)
-                self.selector.unregister(warm.payload_sync)
+                self.selector.unregister(warm.handover)
                 return warm
         return None
 
     def _handle_request(self) -> bool:
-        data, fds = protocol.receive_raw(self.control, max_fds=4)
-        if data is None:
+        try:
+            request, fds = protocol.receive(self.control, max_fds=6)
+        except NsmagicError:
+            return True  # the kernel would not send this: a malformed request is dropped
+        if request is None:
             return False
-        request = json.loads(data)
         op = request.get("op")
-        if op == "ping":
+        if op == Op.PING:
             protocol.send(self.control, {"pong": os.getpid()})
-        elif op == "launch":
-            self._launch(request, data, fds)
+        elif op == Op.LAUNCH:
+            self._launch(request, fds)
             fds = []
             if self.once:
                 # A one-shot server lives as long as its container, whatever the caller does
-                # with the control socket; the container's own socket is its lifeline.
+                # with the control socket; the container's own sockets are its lifelines.
                 self.selector.unregister(self.control)
                 self.control.close()
         for fd in fds:
             os.close(fd)
         return True
 
-    def _launch(self, request: dict, data: bytes, fds: list[int]) -> None:
-        ctl_fd = fds[2]
+    def _launch(self, request: dict, fds: list[int]) -> None:
         self._served += 1
         try:
+            launch_fds = LaunchFds(fds)
+        except ValueError:
+            return  # nobody to tell: the supervisor socket is not among them
+        try:
             spec = ContainerSpec.from_wire(request["spec"])
-            payload = Payload.from_wire(request["payload"])
             driver = self.cgroup_driver() if _wants_cgroup(spec, self) else None
         except Exception as error:  # noqa: BLE001
-            send_quietly(ctl_fd, {"event": "setup-failed", "step": "reading the request",
-                                  "message": str(error)})
-            for fd in fds:
-                os.close(fd)
+            send_quietly(launch_fds.supervisor, {"event": Event.SETUP_FAILED,
+                                                 "step": "reading the request",
+                                                 "message": str(error)})
+            launch_fds.close_container_ends()
+            launch_fds.supervisor.close()
             return
-        container = SupervisedContainer(spec, payload, fds, driver,
+        container = SupervisedContainer(spec, launch_fds, driver,
                                         self._bridge() if spec.net == "bridge" else None)
-        warm = self._take_warm(spec)
+        warm = self._take_warm(spec) if launch_fds.join is None else None
         try:
             if warm is not None:
-                container.adopt(warm, data)
+                container.adopt(warm)
             else:
-                container.create(self.forker, data)
+                container.create(self.forker)
         except Exception as error:  # noqa: BLE001 - one container's failure never ends the server
             if isinstance(error, ContainerSetupError):
                 step, _, message = str(error).partition(": ")
             else:
                 step, message = "starting the container", f"{type(error).__name__}: {error}"
                 traceback.print_exc()
-            send_quietly(container.ctl, {"event": "setup-failed", "step": step,
-                                         "message": message})
+            send_quietly(container.supervisor, {"event": Event.SETUP_FAILED, "step": step,
+                                                "message": message})
             _quietly(container.release)
             self._drop_idle_bridge()
             return
         self.containers.add(container)
         self.selector.register(container.pidfd, selectors.EVENT_READ, (container, "pid"))
-        self.selector.register(container.ctl, selectors.EVENT_READ, (container, "ctl"))
+        self.selector.register(container.supervisor, selectors.EVENT_READ,
+                               (container, "supervisor"))
 
-    def _handle_container_message(self, container: SupervisedContainer) -> None:
+    def _handle_supervisor_message(self, container: SupervisedContainer) -> None:
         try:
-            message, fds = protocol.receive(container.ctl)
-        except OSError:
+            message, fds = protocol.receive(container.supervisor)
+        except (OSError, NsmagicError):
             message, fds = None, []
         for fd in fds:
             os.close(fd)
         if message is None:
             # The notebook side closed its end (or died): the container must end now. Its
             # pidfd fires once pid 1 is gone, and _reap releases the rest.
-            self.selector.unregister(container.ctl)
+            self.selector.unregister(container.supervisor)
             container.kill()
-        elif message.get("op") == "kill":
+        elif message.get("op") == Op.KILL:
             container.kill()
 
     def _reap(self, container: SupervisedContainer) -> None:
@@ -230,7 +234,7 @@ class ForkServer:
 
     def _forget(self, container: SupervisedContainer) -> None:
         self.containers.discard(container)
-        for fileobj in (container.pidfd, container.ctl):
+        for fileobj in (container.pidfd, container.supervisor):
             try:
                 self.selector.unregister(fileobj)
             except (KeyError, ValueError):
@@ -254,8 +258,8 @@ def _wants_cgroup(spec: ContainerSpec, server: ForkServer) -> bool:
 
 
 def main() -> None:
-    """Entry point: python -m nsmagic.runtime.zygote FD [--once]."""
-    syscalls.set_process_name("nsmagic-zygote")
+    """Entry point: python -m nsmagic.runtime.server FD [--once]."""
+    syscalls.set_process_name("nsmagic-server")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Container processes are forked by the fork helper's short-lived intermediates; as a
     # subreaper we become their parent when those exit, so we can wait for them.
@@ -268,7 +272,3 @@ def main() -> None:
     # The fork helper starts now, while our memory is exactly what every container needs.
     server.forker.start()
     server.serve()
-
-
-if __name__ == "__main__":
-    main()

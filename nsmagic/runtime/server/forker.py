@@ -21,16 +21,15 @@ import signal
 import socket
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from nsmagic.isolation import syscalls
+from nsmagic.runtime.inside.fds import ContainerFds
+from nsmagic.runtime.inside.start import run_entry
+from nsmagic.runtime.protocol import Word
 
-if TYPE_CHECKING:
-    from nsmagic.runtime.supervisor import ContainerFds
-
-# A launch request (at most protocol.MAX_MESSAGE) and its header, well within what one
-# datagram may carry with default socket buffers.
-_MAX_REQUEST = 1 << 17
+# A fork request is a small header (never the notebook's request), well within one datagram.
+_MAX_REQUEST = 1 << 16
 
 
 class ForkHelperError(OSError):
@@ -44,17 +43,12 @@ class Forker:
         self.pid: int | None = None
         self.sock: socket.socket | None = None
 
-    def spawn(self, entry: str, header: dict[str, Any], fds: ContainerFds,
-              body: bytes = b"") -> int:
-        """Fork an intermediate process that runs entry ('container' or 'warm') with header,
-        body and fds; return its pid. What it starts reports its own pid on fds.sync.
-
-        The header is parsed before the fork of the container's processes, the body only
-        where it is needed: parsing writes to memory, and each page written before the fork
-        is a page the container keeps.
-        """
+    def spawn(self, entry: str, header: dict[str, Any], fds: ContainerFds) -> int:
+        """Fork an intermediate process that runs entry ('cold' or 'warm', see
+        inside/start.py) with header and fds; return its pid. What it starts reports its own
+        pid on fds.sync."""
         roles = list(fds.fds)
-        message = json.dumps({"entry": entry, "roles": roles, **header}).encode() + b"\n" + body
+        message = json.dumps({"entry": entry, "roles": roles, **header}).encode()
         if len(message) > _MAX_REQUEST:
             raise ValueError(f"request of {len(message)} bytes is larger than {_MAX_REQUEST}")
         for _attempt in range(2):
@@ -71,8 +65,9 @@ class Forker:
                 reply = self.sock.recv(4096)
             except OSError:
                 reply = b""
-            if reply.startswith(b"error:"):
-                raise ForkHelperError(errno.EAGAIN, reply[6:].decode(errors="replace"))
+            if reply.startswith(Word.FORK_FAILED):
+                raise ForkHelperError(errno.EAGAIN,
+                                      reply[len(Word.FORK_FAILED):].decode(errors="replace"))
             if not reply:
                 # It died with the request in hand: it may have forked already, so asking
                 # again could start the container twice.
@@ -90,6 +85,10 @@ class Forker:
             _serve(theirs)
         theirs.close()
         self.pid, self.sock = pid, ours
+        # Once it has said OK it is named and serving: `ps` and the tests see it at once.
+        if ours.recv(16) != Word.OK:
+            self.close()
+            raise ForkHelperError(errno.ECHILD, "the fork helper did not start")
 
     def close(self) -> None:
         """Stop the helper (its socket's EOF ends it) and reap it; safe to call twice."""
@@ -133,6 +132,7 @@ def _serve(sock: socket.socket) -> NoReturn:
         # Nothing here makes reference cycles, and a collection would write to the pages
         # every container shares with us.
         gc.disable()
+        sock.send(Word.OK)
         while True:
             message, fds, _, _ = socket.recv_fds(sock, _MAX_REQUEST, 16)
             if not message:
@@ -140,7 +140,7 @@ def _serve(sock: socket.socket) -> NoReturn:
             try:
                 pid = os.fork()
             except OSError as error:
-                sock.send(f"error:{error.strerror}".encode())
+                sock.send(Word.FORK_FAILED + error.strerror.encode())
             else:
                 if pid == 0:
                     sock.close()
@@ -156,16 +156,7 @@ def _serve(sock: socket.socket) -> NoReturn:
 def _intermediate(message: bytes, fds: list[int]) -> NoReturn:
     code = 1
     try:
-        # Imported here: the modules that define the entries import this one.
-        from nsmagic.runtime import pool, supervisor
-
-        entries = {"container": supervisor.start_container_process,
-                   "warm": pool.start_warm_process}
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        header, _, body = message.partition(b"\n")
-        request = json.loads(header)
-        roles = supervisor.ContainerFds(**dict(zip(request["roles"], fds, strict=True)))
-        code = entries[request["entry"]](request, body, roles)
+        code = run_entry(message, fds)
     except BaseException:  # noqa: BLE001 - a child never returns into the helper's loop
         traceback.print_exc()
     finally:
