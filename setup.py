@@ -6,41 +6,53 @@ still installs and works, with pid 1 staying a Python process (more memory per c
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
 import sys
-import tempfile
+import sysconfig
 
 from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 
 SOURCE = os.path.join("nsmagic", "native", "nsmagic-init.c")
 EXECUTABLE = "nsmagic-init"
+# Static first: the program then runs in any root filesystem (a container's --rootfs).
+LINK_OPTIONS = (["-static", "-s"], ["-s"])
+
+
+def c_compiler() -> list[str]:
+    """The C compiler command: $CC, else the one this Python was built with, else cc."""
+    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
 
 
 def build_native_init(output_dir: str) -> bool:
-    """Compile nsmagic-init into output_dir: static if the C library allows (it then runs
-    in any root filesystem), else dynamic; False when there is no working compiler."""
-    from setuptools._distutils.ccompiler import new_compiler
-    from setuptools._distutils.errors import CCompilerError, DistutilsExecError
-    from setuptools._distutils.sysconfig import customize_compiler
-
-    compiler = new_compiler()
-    customize_compiler(compiler)
+    """Compile nsmagic-init into output_dir: static if the C library allows, else dynamic;
+    False, saying why on stderr, when there is no working compiler."""
     os.makedirs(output_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            objects = compiler.compile([SOURCE], output_dir=scratch, extra_postargs=["-Os"])
-        except (CCompilerError, DistutilsExecError) as error:
-            print(f"nsmagic: not building {EXECUTABLE} ({error}): pid 1 stays a Python "
-                  "process", file=sys.stderr)
-            return False
-        for link_options in (["-static", "-s"], ["-s"]):
+    target = os.path.join(output_dir, EXECUTABLE)
+    # Linked beside the target, then renamed over it: a running container's pid 1 may be
+    # executing the old one (writing into it would fail with ETXTBSY).
+    scratch = f"{target}.building"
+    flags = ["-Os", "-Wall", *shlex.split(os.environ.get("CFLAGS", ""))]
+    linker_flags = shlex.split(os.environ.get("LDFLAGS", ""))
+    try:
+        for link_options in LINK_OPTIONS:
+            argv = [*c_compiler(), *flags, SOURCE, "-o", scratch, *link_options, *linker_flags]
             try:
-                compiler.link_executable(objects, EXECUTABLE, output_dir=output_dir,
-                                         extra_postargs=link_options)
+                completed = subprocess.run(argv, capture_output=True, text=True, check=False)
+            except OSError as error:  # no compiler at all
+                print(f"nsmagic: not building {EXECUTABLE} ({error}): pid 1 stays a Python "
+                      "process", file=sys.stderr)
+                return False
+            if completed.returncode == 0:
+                os.replace(scratch, target)
                 return True
-            except (CCompilerError, DistutilsExecError) as error:
-                print(f"nsmagic: linking {EXECUTABLE} with {link_options} failed ({error})",
-                      file=sys.stderr)
+            print(f"nsmagic: {shlex.join(argv)} failed: {completed.stderr.strip()[-2000:]}",
+                  file=sys.stderr)
+    finally:
+        if os.path.exists(scratch):
+            os.unlink(scratch)
+    print(f"nsmagic: not building {EXECUTABLE}: pid 1 stays a Python process", file=sys.stderr)
     return False
 
 
