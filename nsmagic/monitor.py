@@ -7,9 +7,10 @@ watch is closed: nothing is left behind when no dashboard or recording is open.
 Each tick (default 4 Hz, at most 10 Hz) it reads the counters of every running container in
 `nsmagic.runtime.registry.REGISTRY`:
 
-- containers with a cgroup (v1 or v2 driver): a handful of small interface files, each opened
-  once and re-read with `os.pread(fd, n, 0)`; no mount parsing, no path building, no big files
-  such as memory.stat on the hot path (see `_FastCgroupReader`);
+- containers with a cgroup (v1 or v2 driver): through the group's own
+  `Cgroup.stats_reader()`, which keeps the handful of interface files it needs open and
+  re-reads them with pread (see nsmagic.cgroups.sampling): no mount parsing, no path building,
+  no big files such as memory.stat on the hot path;
 - containers without a cgroup (the rlimit fallback) or whose group cannot be opened here:
   psutil over the container's pid 1 and its descendants.
 
@@ -18,6 +19,9 @@ default): CPU % of one core (from cpu_usage_ns deltas), CPU % of the `limits.cpu
 memory current/peak/limit, throttled periods per sample, OOM kills, and timestamped events
 (start, exit, oom, throttled). Exited containers keep their series; only the newest
 `KEEP_EXITED` ended ones are kept.
+
+The buffers change under the monitor's lock only; readers elsewhere (the dashboard, history())
+take a `SeriesSnapshot`, a copy made under that lock, and never touch the live buffers.
 
 Nothing here imports IPython or ipywidgets: `nsmagic.widgets` reads this data.
 """
@@ -28,11 +32,11 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from nsmagic.cgroups.base import CgroupStats
+from nsmagic.cgroups.base import CgroupStats, StatsReader
 from nsmagic.runtime.registry import REGISTRY, ContainerRecord, Registry
 
 DEFAULT_RATE_HZ = 4.0
@@ -40,6 +44,9 @@ MAX_RATE_HZ = 10.0
 MIN_RATE_HZ = 0.2
 KEEP_SECONDS = 600.0
 KEEP_EXITED = 50
+# Limits change only when someone runs %cgroup set: the readers re-read them every this many
+# samples and repeat the last value in between.
+LIMIT_EVERY = 10
 
 # The sample columns of a history, in CSV order.
 COLUMNS = (
@@ -56,7 +63,11 @@ COLUMNS = (
 
 
 class ContainerSeries:
-    """The time series and events of one container; appended by the sampler thread only."""
+    """The live time series and events of one container.
+
+    Written by its Monitor only, under the monitor's lock; read it through
+    `Monitor.snapshots()` or `Monitor.history()`, which copy it under that lock.
+    """
 
     def __init__(self, record: ContainerRecord, maxlen: int) -> None:
         self.container_id = record.container_id
@@ -71,18 +82,11 @@ class ContainerSeries:
         self.source = "pending"  # "cgroup v1", "cgroup v2", "psutil" or "none"
         self.columns: dict[str, deque] = {c: deque(maxlen=maxlen) for c in COLUMNS}
         self.events: deque[dict[str, Any]] = deque(maxlen=1000)
-        self._throttling = False
-        self._oom_base: int | None = None
-        self._oom_seen = 0
-        self._peak_seen = 0
 
-    # -- written by the monitor ---------------------------------------------------------
+    # -- written by the monitor, holding its lock -------------------------------------------
     def add_event(self, when: float, kind: str, detail: str = "") -> None:
         self.events.append({"time": when, "elapsed": round(when - self.started_at, 3),
                             "kind": kind, "detail": detail})
-
-    def has_event(self, kind: str) -> bool:
-        return any(e["kind"] == kind for e in self.events)
 
     def append(self, row: dict[str, Any], keep_seconds: float) -> None:
         for name, column in self.columns.items():
@@ -93,14 +97,57 @@ class ContainerSeries:
             for column in self.columns.values():
                 column.popleft()
 
-    # -- read by anyone -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.columns["time"])
+
+
+@dataclass(frozen=True)
+class SeriesSnapshot:
+    """A copy of one container's series, taken under its monitor's lock: every column has
+    the same length and nothing changes while it is read."""
+
+    container_id: str
+    name: str | None
+    label: str
+    cpus: float | None
+    memory_limit: int | None
+    started_at: float
+    ended_at: float | None
+    state: str
+    outcome: str | None
+    source: str
+    columns: Mapping[str, tuple]
+    events: tuple[dict[str, Any], ...]
+
+    @classmethod
+    def of(cls, series: ContainerSeries) -> SeriesSnapshot:
+        """Copy a live series; the caller holds the lock of the monitor that owns it."""
+        return cls(series.container_id, series.name, series.label, series.cpus,
+                   series.memory_limit, series.started_at, series.ended_at, series.state,
+                   series.outcome, series.source,
+                   {name: tuple(values) for name, values in series.columns.items()},
+                   tuple(dict(e) for e in series.events))
+
     def last(self, column: str) -> Any:
         """The newest value of a column (None when there is no sample yet)."""
         values = self.columns[column]
         return values[-1] if values else None
 
+    def info(self) -> dict[str, Any]:
+        """Identity, limits and state as a plain dict (History.info)."""
+        return {"container_id": self.container_id, "name": self.name, "label": self.label,
+                "cpus": self.cpus, "memory_limit": self.memory_limit,
+                "started_at": self.started_at, "ended_at": self.ended_at,
+                "state": self.state, "outcome": self.outcome, "source": self.source}
+
     def __len__(self) -> int:
         return len(self.columns["time"])
+
+
+def _matches(series: ContainerSeries, name_or_id: str) -> bool:
+    """True when name_or_id is the container's id, id prefix, name or label."""
+    return (series.container_id.startswith(name_or_id) or series.name == name_or_id
+            or series.label == name_or_id)
 
 
 class History(dict):
@@ -181,171 +228,12 @@ def _number(cell: str) -> int | float | None:
 
 
 # --------------------------------------------------------------------------------------
-# Readers: one per container, created once, reused every tick.
-
-
-@dataclass
-class _Counters:
-    """What a reader returns each tick (a subset of CgroupStats)."""
-
-    cpu_usage_ns: int | None = None
-    throttled_periods: int | None = None
-    memory_current: int | None = None
-    memory_peak: int | None = None
-    memory_limit: int | None = None
-    oom_kills: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+# Readers: one per container, created once, reused every tick. Each read() returns a
+# CgroupStats with the live figures filled in (usage, throttling, memory, OOM kills).
 
 
 class ReaderGone(Exception):
-    """The container's cgroup or processes are gone."""
-
-
-def _flat_value(data: bytes, key: bytes) -> int | None:
-    # 'key value' lines; the key must start a line. Cheaper than parsing every line.
-    at = data.find(key + b" ")
-    while at > 0 and data[at - 1] != 10:
-        at = data.find(key + b" ", at + 1)
-    if at < 0:
-        return None
-    end = data.find(b"\n", at)
-    return int(data[at + len(key) + 1: end if end >= 0 else None])
-
-
-class _FastCgroupReader:
-    """Keeps the few interface files it needs open and re-reads them with pread(fd, n, 0).
-
-    kernfs regenerates a file's content on each read from offset 0, so one pread per file and
-    tick is all it costs: no open/close, no path joins, no memory.stat (large) parsing.
-    """
-
-    # (key, controller, file, how to parse)
-    V1_FILES = (
-        ("cpu_usage_ns", "cpuacct", "cpuacct.usage", None),
-        ("cpu_stat", "cpu", "cpu.stat", None),
-        ("memory_current", "memory", "memory.usage_in_bytes", None),
-        ("memory_peak", "memory", "memory.max_usage_in_bytes", None),
-        ("memory_limit", "memory", "memory.limit_in_bytes", None),
-        ("oom_control", "memory", "memory.oom_control", None),
-    )
-    V2_FILES = (
-        ("cpu_stat", "cpu.stat"),
-        ("memory_current", "memory.current"),
-        ("memory_peak", "memory.peak"),
-        ("memory_limit", "memory.max"),
-        ("memory_events", "memory.events"),
-    )
-    # v1's "no limit" is a huge page-rounded number; treat anything this big as none.
-    V1_UNLIMITED = 1 << 60
-
-    # Limits change only when someone runs %cgroup set: re-read them every this many reads.
-    LIMIT_EVERY = 10
-
-    def __init__(self, cgroup: Any) -> None:
-        self.driver = cgroup.driver
-        self.fds: dict[str, int] = {}
-        self.reads = 0
-        self.limit: int | None = None
-        try:
-            if self.driver == "v1":
-                for key, controller, filename, _ in self.V1_FILES:
-                    directory = cgroup.dirs.get(controller)
-                    if directory is not None:
-                        self._open(key, os.path.join(directory, filename))
-            elif self.driver == "v2":
-                for key, filename in self.V2_FILES:
-                    self._open(key, os.path.join(cgroup.path, filename))
-            else:
-                raise ValueError(f"no fast reader for driver {self.driver!r}")
-        except BaseException:
-            self.close()
-            raise
-        if not self.fds:
-            raise ReaderGone("no interface file could be opened")
-
-    def _open(self, key: str, path: str) -> None:
-        try:
-            self.fds[key] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            pass  # controller not there (or memory.peak before 5.19): reported as None
-
-    def _read(self, key: str) -> bytes | None:
-        fd = self.fds.get(key)
-        if fd is None:
-            return None
-        try:
-            return os.pread(fd, 4096, 0)
-        except OSError as error:  # ENODEV once the group is removed
-            raise ReaderGone(str(error)) from error
-
-    def _int(self, key: str) -> int | None:
-        data = self._read(key)
-        if data is None:
-            return None
-        data = data.strip()
-        if not data or data == b"max":
-            return None
-        return int(data)
-
-    def read(self) -> _Counters:
-        counters = _Counters()
-        fresh_limit = self.reads % self.LIMIT_EVERY == 0
-        self.reads += 1
-        if self.driver == "v1":
-            counters.cpu_usage_ns = self._int("cpu_usage_ns")
-            stat = self._read("cpu_stat")
-            if stat is not None:
-                counters.throttled_periods = _flat_value(stat, b"nr_throttled")
-            counters.memory_current = self._int("memory_current")
-            counters.memory_peak = self._int("memory_peak")
-            if fresh_limit:
-                limit = self._int("memory_limit")
-                self.limit = None if limit is None or limit >= self.V1_UNLIMITED else limit
-            counters.memory_limit = self.limit
-            control = self._read("oom_control")
-            if control is not None:
-                counters.oom_kills = _flat_value(control, b"oom_kill")
-        else:
-            stat = self._read("cpu_stat")
-            if stat is not None:
-                usage = _flat_value(stat, b"usage_usec")
-                counters.cpu_usage_ns = None if usage is None else usage * 1000
-                counters.throttled_periods = _flat_value(stat, b"nr_throttled")
-            counters.memory_current = self._int("memory_current")
-            counters.memory_peak = self._int("memory_peak")
-            if fresh_limit:
-                self.limit = self._int("memory_limit")
-            counters.memory_limit = self.limit
-            events = self._read("memory_events")
-            if events is not None:
-                counters.oom_kills = _flat_value(events, b"oom_kill")
-        return counters
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.fds = {}
-
-
-class _StatsReader:
-    """Any other driver: its own Cgroup.stats() (slower, complete)."""
-
-    def __init__(self, cgroup: Any) -> None:
-        self.cgroup = cgroup
-
-    def read(self) -> _Counters:
-        try:
-            stats: CgroupStats = self.cgroup.stats()
-        except (FileNotFoundError, ProcessLookupError, OSError) as error:
-            raise ReaderGone(str(error)) from error
-        return _Counters(stats.cpu_usage_ns, stats.cpu_throttled_periods, stats.memory_current,
-                         stats.memory_peak, stats.memory_limit, stats.oom_kills)
-
-    def close(self) -> None:
-        pass
+    """The container's processes are gone (the psutil reader)."""
 
 
 class _PsutilReader:
@@ -365,7 +253,8 @@ class _PsutilReader:
         self.cpu_total_ns = 0
         self.peak = 0
 
-    def read(self) -> _Counters:
+    def read(self) -> CgroupStats:
+        """Sum over the processes alive now."""
         psutil = self._psutil
         try:
             children = self.root.children(recursive=True)
@@ -390,11 +279,23 @@ class _PsutilReader:
             self.cpu_seen[pid] = used
         self.cpu_seen = {p: v for p, v in self.cpu_seen.items() if p in alive}
         self.peak = max(self.peak, rss)
-        return _Counters(cpu_usage_ns=self.cpu_total_ns, memory_current=rss,
-                         memory_peak=self.peak)
+        return CgroupStats(timestamp=time.time(), cpu_usage_ns=self.cpu_total_ns,
+                           memory_current=rss, memory_peak=self.peak)
 
     def close(self) -> None:
-        pass
+        """Nothing to release."""
+
+
+@dataclass
+class _Tracker:
+    """The sampler's state for one container: its reader and what the next sample needs."""
+
+    reader: StatsReader | _PsutilReader | None
+    previous: tuple[float, CgroupStats] | None = None  # (monotonic time, counters) last tick
+    throttling: bool = False  # the last sample was throttled: one event per episode
+    oom_base: int | None = None  # the group's OOM kills at the first sample
+    oom_seen: int = 0  # OOM kills already reported as events
+    peak_seen: int = 0  # highest memory_current seen (v2 has no memory.peak before 5.19)
 
 
 # --------------------------------------------------------------------------------------
@@ -417,7 +318,7 @@ class Watch:
         """Stop watching; the sampler thread ends when no watch is left. Safe to call twice."""
         if not self.closed:
             self.closed = True
-            self.monitor._unwatch(self)
+            self.monitor.unwatch(self)
 
     __call__ = close
 
@@ -452,8 +353,8 @@ class Monitor:
         self._wake = threading.Event()
         self._unsubscribe: Callable[[], None] | None = None
         self._series: dict[str, ContainerSeries] = {}
-        self._readers: dict[str, Any] = {}
-        self._last: dict[str, tuple[float, _Counters]] = {}
+        # Used by the sampler thread only, except that _finish reads oom_seen (locked).
+        self._trackers: dict[str, _Tracker] = {}
         # Cost accounting of the sampler thread (for bench/sampler_cost.py and the curious).
         self.ticks = 0
         self.first_tick_cpu_s = 0.0  # includes finding the cgroup driver and opening files
@@ -493,7 +394,8 @@ class Monitor:
         thread = self._thread
         return thread is not None and thread.is_alive()
 
-    def _unwatch(self, handle: Watch) -> None:
+    def unwatch(self, handle: Watch) -> None:
+        """Stop one watch (what Watch.close() does); the thread ends with the last one."""
         thread = None
         with self._lock:
             if handle in self._watches:
@@ -517,10 +419,25 @@ class Monitor:
 
     # -- data -------------------------------------------------------------------------------
     def series(self, include_exited: bool = True) -> list[ContainerSeries]:
-        """Every container's series, oldest first."""
+        """Every container's live series, oldest first: for identity and state; read their
+        samples through snapshots() or history()."""
         with self._lock:
             found = list(self._series.values())
         return [s for s in found if include_exited or s.state != "exited"]
+
+    def snapshots(self, containers: Iterable[str] | None = None,
+                  ended_after: float | None = None) -> list[SeriesSnapshot]:
+        """Copies of the series, oldest first, all taken under the lock at one moment.
+
+        containers: only those with one of these ids, id prefixes, names or labels.
+        ended_after: leave out containers that ended before this time.time().
+        """
+        wanted = None if containers is None else list(containers)
+        with self._lock:
+            return [SeriesSnapshot.of(s) for s in self._series.values()
+                    if (wanted is None or any(_matches(s, c) for c in wanted))
+                    and not (ended_after is not None and s.state == "exited"
+                             and (s.ended_at or 0) < ended_after)]
 
     def find(self, name_or_id: str) -> ContainerSeries | None:
         """The series of a container by name, id, id prefix or label (newest match wins)."""
@@ -534,23 +451,23 @@ class Monitor:
                 return hits[-1]
         return None
 
+    def snapshot(self, name_or_id: str) -> SeriesSnapshot | None:
+        """A copy of one container's series (found as find() does), or None."""
+        with self._lock:
+            series = self.find(name_or_id)
+            return None if series is None else SeriesSnapshot.of(series)
+
     def history(self, name_or_id: str) -> History:
         """Plain lists of one container's samples and events; KeyError when never sampled."""
-        series = self.find(name_or_id)
-        if series is None:
+        snapshot = self.snapshot(name_or_id)
+        if snapshot is None:
             raise KeyError(
                 f"no samples of a container {name_or_id!r}: only containers that ran while "
                 "something watched (a dashboard, or nsmagic.stats.record()) have a history"
             )
-        with self._lock:
-            data = {c: list(v) for c, v in series.columns.items()}
-            data["events"] = [dict(e) for e in series.events]
-        info = {"container_id": series.container_id, "name": series.name,
-                "label": series.label, "cpus": series.cpus,
-                "memory_limit": series.memory_limit, "started_at": series.started_at,
-                "ended_at": series.ended_at, "state": series.state, "outcome": series.outcome,
-                "source": series.source}
-        return History(data, info=info)
+        data: dict[str, Any] = {c: list(v) for c, v in snapshot.columns.items()}
+        data["events"] = list(snapshot.events)
+        return History(data, info=snapshot.info())
 
     def forget(self, name_or_id: str | None = None) -> None:
         """Drop one container's series (or every ended one when name_or_id is None)."""
@@ -594,11 +511,10 @@ class Monitor:
 
     def _close_readers(self) -> None:
         with self._lock:
-            readers, self._readers = self._readers, {}
-            self._last.clear()
-        for reader in readers.values():
-            if reader is not None:
-                reader.close()
+            trackers, self._trackers = self._trackers, {}
+        for tracker in trackers.values():
+            if tracker.reader is not None:
+                tracker.reader.close()
 
     def sample_once(self) -> None:
         """One tick: sample every running container and note exits (the thread calls this)."""
@@ -610,21 +526,18 @@ class Monitor:
                     continue  # ended before we ever saw it
                 series = self._add_series(record)
             if record.state == "running" and series.state != "exited":
-                series.state = "running"
                 self._sample(record, series)
             elif record.state == "exited" and series.state != "exited":
                 self._finish(record, series)
         # Readers are closed here only, in the thread that uses them (an fd closed from
         # another thread could be reused under a pread in flight).
         with self._lock:
-            done = [k for k in self._readers
+            done = [k for k in self._trackers
                     if k not in self._series or self._series[k].state == "exited"]
-            readers = [self._readers.pop(k) for k in done]
-            for key in done:
-                self._last.pop(key, None)
-        for reader in readers:
-            if reader is not None:
-                reader.close()
+            trackers = [self._trackers.pop(k) for k in done]
+        for tracker in trackers:
+            if tracker.reader is not None:
+                tracker.reader.close()
         self._trim()
 
     def _add_series(self, record: ContainerRecord) -> ContainerSeries:
@@ -635,34 +548,32 @@ class Monitor:
             self._series[record.container_id] = series
         return series
 
-    def _reader_for(self, record: ContainerRecord, series: ContainerSeries) -> Any:
-        if record.container_id in self._readers:
-            return self._readers[record.container_id]
-        reader = None
+    def _tracker_for(self, record: ContainerRecord, series: ContainerSeries) -> _Tracker:
+        tracker = self._trackers.get(record.container_id)
+        if tracker is not None:
+            return tracker
+        reader: StatsReader | _PsutilReader | None = None
+        source = "none"
         if record.cgroup and record.cgroup_driver in ("v1", "v2"):
             driver = self._get_driver()
             if driver is not None:
                 try:
                     cgroup = driver.open(record.cgroup)
-                    if getattr(cgroup, "driver", None) in ("v1", "v2"):
-                        reader = _FastCgroupReader(cgroup)
-                        series.source = f"cgroup {cgroup.driver}"
-                    else:
-                        reader = _StatsReader(cgroup)
-                        series.source = f"cgroup {getattr(cgroup, 'driver', '?')}"
-                except (KeyError, OSError, ValueError, ReaderGone):
+                    reader = cgroup.stats_reader(limits_every=LIMIT_EVERY)
+                    source = f"cgroup {cgroup.driver}"
+                except (KeyError, OSError, ValueError):
                     reader = None
         if reader is None and record.pid:
             try:
                 reader = _PsutilReader(record.pid)
-                series.source = "psutil"
+                source = "psutil"
             except Exception:  # noqa: BLE001 - psutil.NoSuchProcess: already gone
                 reader = None
-        if reader is None:
-            series.source = "none"
+        tracker = _Tracker(reader)
         with self._lock:
-            self._readers[record.container_id] = reader
-        return reader
+            series.source = source
+            self._trackers[record.container_id] = tracker
+        return tracker
 
     def _get_driver(self) -> Any:
         if self._driver is None and self._driver_error is None:
@@ -675,17 +586,18 @@ class Monitor:
         return self._driver
 
     def _sample(self, record: ContainerRecord, series: ContainerSeries) -> None:
-        reader = self._reader_for(record, series)
-        if reader is None:
+        tracker = self._tracker_for(record, series)
+        if tracker.reader is None:
             return
         try:
-            counters = reader.read()
+            counters = tracker.reader.read()
         except (ReaderGone, OSError, ValueError):
             return  # it is ending; the registry will say how
         now, wall = time.monotonic(), time.time()
-        previous = self._last.get(record.container_id)
-        self._last[record.container_id] = (now, counters)
-        cpu = cpu_limit = throttled = None
+        previous, tracker.previous = tracker.previous, (now, counters)
+        events: list[tuple[str, str]] = []
+        cpu = cpu_limit = None
+        throttled = 0 if counters.cpu_throttled_periods is not None else None
         if previous is not None:
             before_t, before = previous
             dt = now - before_t
@@ -694,39 +606,42 @@ class Monitor:
                 cpu = round(cpu, 2)
                 if series.cpus:
                     cpu_limit = round(cpu / series.cpus, 2)
-            if counters.throttled_periods is not None and before.throttled_periods is not None:
-                throttled = max(0, counters.throttled_periods - before.throttled_periods)
-        if previous is None:
-            throttled = 0 if counters.throttled_periods is not None else None
-        if throttled:
-            if not series._throttling:
-                series.add_event(wall, "throttled", f"{throttled} periods")
-            series._throttling = True
-        elif throttled == 0:
-            series._throttling = False
+            if throttled is not None and before.cpu_throttled_periods is not None:
+                throttled = max(0, counters.cpu_throttled_periods - before.cpu_throttled_periods)
+            else:
+                throttled = None
+        if throttled and not tracker.throttling:
+            events.append(("throttled", f"{throttled} periods"))
+        if throttled is not None:
+            tracker.throttling = throttled > 0
         # OOM kills: counted from the first sample (a shared --cgroup may have old ones).
         kills = None
         if counters.oom_kills is not None:
-            if series._oom_base is None:
-                series._oom_base = counters.oom_kills
-            kills = counters.oom_kills - series._oom_base
-            if kills > series._oom_seen:
-                series.add_event(wall, "oom", f"{kills - series._oom_seen} process(es) killed")
-                series._oom_seen = kills
-        limit = counters.memory_limit if counters.memory_limit is not None else (
-            series.memory_limit)
-        series.memory_limit = limit
+            if tracker.oom_base is None:
+                tracker.oom_base = counters.oom_kills
+            kills = counters.oom_kills - tracker.oom_base
         peak = counters.memory_peak
         if counters.memory_current is not None:
             # Without a kernel peak (v2 before 5.19), the highest value we saw.
-            series._peak_seen = max(series._peak_seen, counters.memory_current)
-            peak = max(peak or 0, series._peak_seen)
-        row = {"time": round(wall, 3), "elapsed": round(wall - series.started_at, 3),
-               "cpu_percent": cpu, "cpu_limit_percent": cpu_limit,
-               "memory_current": counters.memory_current, "memory_peak": peak,
-               "memory_limit": limit, "throttled_periods": throttled, "oom_kills": kills}
+            tracker.peak_seen = max(tracker.peak_seen, counters.memory_current)
+            peak = max(peak or 0, tracker.peak_seen)
         with self._lock:
-            series.append(row, self.keep_seconds)
+            if series.state == "exited":
+                return  # its exit was noted meanwhile: keep the series as it ended
+            series.state = "running"
+            if kills is not None and kills > tracker.oom_seen:
+                events.append(("oom", f"{kills - tracker.oom_seen} process(es) killed"))
+                tracker.oom_seen = kills
+            if counters.memory_limit is not None:
+                series.memory_limit = counters.memory_limit
+            for kind, detail in events:
+                series.add_event(wall, kind, detail)
+            series.append({
+                "time": round(wall, 3), "elapsed": round(wall - series.started_at, 3),
+                "cpu_percent": cpu, "cpu_limit_percent": cpu_limit,
+                "memory_current": counters.memory_current, "memory_peak": peak,
+                "memory_limit": series.memory_limit, "throttled_periods": throttled,
+                "oom_kills": kills}, self.keep_seconds)
 
     def _finish(self, record: ContainerRecord, series: ContainerSeries) -> None:
         with self._lock:
@@ -735,11 +650,13 @@ class Monitor:
             series.state = "exited"
             series.ended_at = record.ended_at or time.time()
             series.outcome = record.outcome
-            if record.oom and series._oom_seen == 0:
+            tracker = self._trackers.get(record.container_id)
+            if record.oom and (tracker is None or tracker.oom_seen == 0):
                 kills = record.oom.get("kills") if isinstance(record.oom, dict) else None
                 series.add_event(series.ended_at, "oom", record.oom.get("text", "out of memory")
                                  if isinstance(record.oom, dict) else "out of memory")
-                series._oom_seen = kills or 1
+                if tracker is not None:
+                    tracker.oom_seen = kills or 1
             series.add_event(series.ended_at, "exit", record.outcome or "")
 
     def _on_event(self, event: str, record: ContainerRecord) -> None:
@@ -778,5 +695,5 @@ def default_monitor() -> Monitor:
 
 
 __all__ = ["COLUMNS", "DEFAULT_RATE_HZ", "MAX_RATE_HZ", "MONITOR", "ContainerSeries", "History",
-           "Monitor", "Watch", "default_monitor", "threads_named"]
+           "Monitor", "SeriesSnapshot", "Watch", "default_monitor", "threads_named"]
 

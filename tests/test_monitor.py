@@ -176,3 +176,55 @@ def test_stats_module_uses_the_kernel_monitor():
     assert history["time"] and history.events[0]["kind"] == "start"
     with pytest.raises(KeyError, match="no samples"):
         nsmagic.stats.history("no-such-container")
+
+
+@pytest.fixture
+def sampled_group():
+    """A registry with one running container whose cgroup (a real one, limited to 2 EiB of
+    memory: far above any machine, yet a limit) holds a sleeping process. The record itself
+    names no limit, as for a group configured by someone else (--cgroup)."""
+    import subprocess
+
+    from nsmagic.cgroups.limits import Limits
+    from nsmagic.runtime.registry import ContainerRecord, Registry
+
+    driver = detect_driver()
+    group = driver.create("monitor-test", Limits(memory=1 << 61))
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        group.attach(sleeper.pid)
+        registry = Registry()
+        registry.add(ContainerRecord("c0ffee" * 5, "sampled", Limits(), frozenset()))
+        registry.started("c0ffee" * 5, sleeper.pid, group.name, driver.name)
+        yield Monitor(registry=registry, driver=driver), group
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        group.remove()
+
+
+@requires_cgroups
+def test_the_monitor_reports_the_limits_the_cgroup_driver_reports(sampled_group):
+    monitor, group = sampled_group
+    for _ in range(4):
+        monitor.sample_once()
+    history = monitor.history("sampled")
+    assert history.info["source"] == f"cgroup {group.driver}"
+    assert history["memory_limit"] == [group.stats().memory_limit] * 4 == [1 << 61] * 4
+    assert None not in history["memory_current"]
+
+
+@requires_cgroups
+def test_a_snapshot_is_a_copy_that_later_samples_do_not_change(sampled_group):
+    monitor, _ = sampled_group
+    monitor.sample_once()
+    monitor.sample_once()
+    (snapshot,) = monitor.snapshots()
+    assert snapshot.label == "sampled" and len(snapshot) == 2
+    assert {len(values) for values in snapshot.columns.values()} == {2}
+    assert all(isinstance(values, tuple) for values in snapshot.columns.values())
+    monitor.sample_once()
+    assert len(snapshot) == 2 and len(snapshot.columns["memory_current"]) == 2
+    assert len(monitor.snapshot("sampled")) == 3
+    assert monitor.snapshots(["no-such-container"]) == []
+    assert [s.label for s in monitor.snapshots(["sampled"])] == ["sampled"]

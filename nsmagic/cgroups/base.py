@@ -39,6 +39,37 @@ class CgroupStats:
         return asdict(self)
 
 
+# The figures of CgroupStats that are limits rather than usage: they change only when
+# someone applies new limits, so a StatsReader may re-read them less often than the rest.
+LIMIT_FIELDS = ("memory_limit", "pids_limit")
+
+
+class StatsReader:
+    """Samples one group again and again, for a sampler thread: read() -> CgroupStats.
+
+    This default runs Cgroup.stats() on each read (every figure, every file opened afresh).
+    The v1 and v2 drivers return readers that open their few live files once and fill in
+    only the figures a live plot needs (see nsmagic.cgroups.sampling). read() raises OSError
+    once the group is gone; close() releases what the reader holds and is safe twice.
+    """
+
+    def __init__(self, cgroup: Cgroup) -> None:
+        self.cgroup = cgroup
+
+    def read(self) -> CgroupStats:
+        """One sample."""
+        return self.cgroup.stats()
+
+    def close(self) -> None:
+        """Release the reader's resources (nothing for this default)."""
+
+    def __enter__(self) -> StatsReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 class Cgroup(abc.ABC):
     """A control group (or, for the rlimit driver, the best approximation of one)."""
 
@@ -68,6 +99,11 @@ class Cgroup(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> CgroupStats:
         """Sample current usage."""
+
+    def stats_reader(self, limits_every: int = 1) -> StatsReader:
+        """A reader for repeated samples (see StatsReader); the figures in LIMIT_FIELDS are
+        re-read every limits_every reads and repeated in between."""
+        return StatsReader(self)
 
     @abc.abstractmethod
     def kill(self) -> None:

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from nsmagic.cgroups.limits import format_size
-from nsmagic.monitor import MONITOR, ContainerSeries, Monitor
+from nsmagic.monitor import MONITOR, Monitor, SeriesSnapshot
 from nsmagic.widgets.render import COLOURS, PlotRenderer
 
 DEFAULT_FPS = 2.0
@@ -91,6 +91,7 @@ class Dashboard:
         self._static_id = f"nsmagic-dashboard-{uuid.uuid4().hex}"
         self._static_shown = False
         self._last_signature: Any = None
+        self._shown: list[SeriesSnapshot] = []  # what the last frame drew
         self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(
             width="100%", max_width=f"{int(width * 96)}px", height="auto"))
         self.table = ipywidgets.HTML(value=self._table_html([]))
@@ -183,7 +184,7 @@ class Dashboard:
                 if self.image.comm is None or self.widget.comm is None:
                     break
                 self._draw()
-                if self.stop_when_done and self._all_done():
+                if self.stop_when_done and self._all_done(self._shown):
                     break
         except Exception:  # noqa: BLE001 - a plot failure must not take the kernel down
             pass
@@ -197,31 +198,29 @@ class Dashboard:
                     pass
             _reset_thread_parent(tokens)
 
-    def visible_series(self) -> list[ContainerSeries]:
-        """The series this dashboard shows now."""
-        horizon = time.time() - self.window
-        chosen = []
-        for series in self.monitor.series():
-            if self.containers is not None:
-                if not any(series.container_id == c or series.name == c
-                           or series.container_id.startswith(c) for c in self.containers):
-                    continue
-            elif series.state == "exited" and (series.ended_at or 0) < max(horizon, self.t0):
-                continue  # ended before this dashboard opened, or out of the window
-            chosen.append(series)
+    def visible_series(self) -> list[SeriesSnapshot]:
+        """Snapshots of the series this dashboard shows now (copies: safe to read at leisure).
+
+        Without a list of containers: those running, and those that ended after this
+        dashboard opened and within its time window.
+        """
+        if self.containers is not None:
+            chosen = self.monitor.snapshots(self.containers)
+        else:
+            chosen = self.monitor.snapshots(
+                ended_after=max(time.time() - self.window, self.t0))
         for series in chosen:
             if series.container_id not in self._colours:
                 self._colours[series.container_id] = COLOURS[len(self._colours) % len(COLOURS)]
         return chosen
 
-    def _all_done(self) -> bool:
-        chosen = self.visible_series()
+    def _all_done(self, chosen: list[SeriesSnapshot]) -> bool:
         return bool(chosen) and len(chosen) >= len(self.containers or []) and all(
             s.state == "exited" for s in chosen)
 
     def _draw(self, force: bool = False) -> bytes | None:
         with self._draw_lock:
-            series = self.visible_series()
+            series = self._shown = self.visible_series()
             signature = tuple((s.container_id, len(s), s.last("time"), s.state, len(s.events))
                               for s in series)
             if not force and signature == self._last_signature and not any(
@@ -236,7 +235,7 @@ class Dashboard:
             self.table.value = self._table_html(series)
             return png
 
-    def _table_html(self, series: list[ContainerSeries]) -> str:
+    def _table_html(self, series: list[SeriesSnapshot]) -> str:
         head = "<tr>" + "".join(
             f'<th style="padding:1px 8px">{h}</th>' for h in (
                 "", "container", "state", "CPU % core", "% of limit", "memory", "peak",

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from nsmagic.monitor import ContainerSeries
+from nsmagic.monitor import SeriesSnapshot
 
 # Colour-blind-friendly cycle (matplotlib's tab10 without the grey).
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -75,9 +75,9 @@ class PlotRenderer:
             self._lines[container_id] = lines
         return lines
 
-    def render(self, series: Sequence[ContainerSeries], colours: dict[str, str], t0: float,
+    def render(self, series: Sequence[SeriesSnapshot], colours: dict[str, str], t0: float,
                window: float = 120.0, now: float | None = None) -> bytes:
-        """PNG bytes of the last `window` seconds (x = seconds since t0)."""
+        """PNG bytes of the last `window` seconds (x = seconds since t0) of the snapshots."""
         now = time.time() if now is None else now
         left = max(t0, now - window) - t0
         right = max(now - t0, left + 10.0)
@@ -111,7 +111,7 @@ class PlotRenderer:
                 limit = item.memory_limit / MIB
                 lines["mem_limit"].set_data([left, right], [limit, limit])
                 mem_top = max(mem_top, limit)
-            for event in list(item.events):
+            for event in item.events:
                 x = event["time"] - t0
                 if not left - 0.5 <= x <= right + 0.5:
                     continue

@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 
 from nsmagic.cgroups import Limits, _fs
+from nsmagic.cgroups.base import CgroupStats
 from nsmagic.cgroups.convert import (
     shares_to_weight,
     swap_v2,
     weight_to_shares,
 )
+from nsmagic.cgroups.rlimit import RlimitDriver
+from nsmagic.cgroups.sampling import flat_value
 from nsmagic.cgroups.v1 import V1Cgroup
 from nsmagic.cgroups.v1 import cpuacct as v1_cpuacct
 from nsmagic.cgroups.v1 import memory as v1_memory
@@ -300,3 +303,60 @@ def test_v1_limit_on_a_missing_hierarchy_is_refused(tmp_path):
     del group.dirs["pids"]
     with pytest.raises(CapabilityError, match="pids"):
         group.apply(Limits(pids=4))
+
+
+# --- stats readers (repeated cheap samples) ------------------------------------------------
+SAMPLED = ("cpu_usage_ns", "cpu_throttled_periods", "memory_current", "memory_peak",
+           "memory_limit", "oom_kills")
+
+
+def test_flat_value_finds_a_key_only_at_the_start_of_a_line():
+    data = b"oom 1\noom_kill 2\nxoom_kill 9\n"
+    assert flat_value(data, b"oom") == 1
+    assert flat_value(data, b"oom_kill") == 2
+    assert flat_value(b"usage_usec 5", b"usage_usec") == 5  # no newline at the end
+    assert flat_value(data, b"max") is None
+
+
+def test_v2_reader_samples_the_live_figures_as_stats_does(tmp_path):
+    group = V2Cgroup(fake(tmp_path / "g", V2_FILES))
+    full = group.stats()
+    with group.stats_reader() as reader:
+        sample = reader.read()
+    assert {k: getattr(sample, k) for k in SAMPLED} == {k: getattr(full, k) for k in SAMPLED}
+    assert sample.cpu_usage_ns == 2_500_000 and sample.oom_kills == 1
+    # Figures a live plot does not need are left out (they cost a file each).
+    assert sample.pids_current is None and sample.pressure == {}
+
+
+def test_v1_reader_samples_the_live_figures_as_stats_does(tmp_path):
+    group = v1_tree(tmp_path)
+    full = group.stats()
+    with group.stats_reader() as reader:
+        sample = reader.read()
+    assert {k: getattr(sample, k) for k in SAMPLED} == {k: getattr(full, k) for k in SAMPLED}
+    assert sample.memory_limit is None  # the kernel's "unlimited", as stats() reads it
+    assert (sample.cpu_usage_ns, sample.oom_kills) == (3_000_000_000, 3)
+
+
+def test_a_reader_repeats_limits_between_rereads(tmp_path):
+    group = V2Cgroup(fake(tmp_path / "g", {**V2_FILES, "memory.max": "1000"}))
+    with group.stats_reader(limits_every=2) as reader:
+        assert reader.read().memory_limit == 1000
+        (group.path / "memory.max").write_text("2000")
+        assert reader.read().memory_limit == 1000
+        assert reader.read().memory_limit == 2000
+
+
+def test_a_reader_needs_at_least_one_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no interface file"):
+        V2Cgroup(fake(tmp_path / "empty", {})).stats_reader()
+
+
+def test_the_rlimit_driver_reader_takes_full_stats():
+    group = RlimitDriver().create("sampling-test")
+    try:
+        with group.stats_reader(limits_every=5) as reader:
+            assert isinstance(reader.read(), CgroupStats)
+    finally:
+        group.remove()

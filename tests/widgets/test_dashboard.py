@@ -52,3 +52,30 @@ def test_closing_the_widget_stops_the_thread():
     assert wait_until(lambda: not dash.running, 3)
     dash.stop()
     assert wait_until(lambda: not dashboard_threads(), 3)
+
+
+def test_the_dashboard_draws_snapshots_not_the_live_series():
+    import subprocess
+
+    from nsmagic.cgroups.limits import Limits
+    from nsmagic.monitor import Monitor, SeriesSnapshot
+    from nsmagic.runtime.registry import ContainerRecord, Registry
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        registry = Registry()
+        registry.add(ContainerRecord("feed" * 8, "drawn", Limits(), frozenset()))
+        registry.started("feed" * 8, sleeper.pid, None, None)  # no cgroup: psutil figures
+        monitor = Monitor(registry=registry)
+        monitor.sample_once()
+        monitor.sample_once()
+        dash = Dashboard(["drawn"], monitor=monitor)
+        (shown,) = dash.visible_series()
+        assert isinstance(shown, SeriesSnapshot) and len(shown) == 2
+        monitor.sample_once()
+        assert len(shown) == 2, "a snapshot does not grow with the live series"
+        assert dash.last_png.startswith(b"\x89PNG") and "drawn" in dash.table.value
+        dash.close()
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 from nsmagic.cgroups import _fs
-from nsmagic.cgroups.base import Cgroup, CgroupDriver, CgroupStats
+from nsmagic.cgroups.base import Cgroup, CgroupDriver, CgroupStats, StatsReader
 from nsmagic.cgroups.limits import Limits
+from nsmagic.cgroups.sampling import FileStatsReader
 from nsmagic.cgroups.v1 import cpu, cpuacct, cpuset, freezer, memory, pids
 from nsmagic.errors import CapabilityError, SpecError
 
@@ -16,6 +17,8 @@ from nsmagic.errors import CapabilityError, SpecError
 MODULES = {m.CONTROLLER: m for m in (cpuset, cpu, cpuacct, memory, pids)}
 HIERARCHIES = ("cpuset", "cpu", "cpuacct", "memory", "pids", "freezer")
 REQUIRED = ("cpu", "memory", "pids")
+# The controllers with live figures, in the order a StatsReader reads them.
+SAMPLED = (cpuacct, cpu, memory)
 
 
 def find_bases() -> tuple[dict[str, Path], dict[str, str]]:
@@ -119,6 +122,12 @@ class V1Cgroup(Cgroup):
             if controller in self.dirs:
                 module.stats(self.dirs[controller], record)
         return record
+
+    def stats_reader(self, limits_every: int = 1) -> StatsReader:
+        """Usage, throttling, memory and OOM kills from the few files of SAMPLED's
+        controllers, opened once (see nsmagic.cgroups.sampling)."""
+        parts = [(self.dirs[m.CONTROLLER], m) for m in SAMPLED if m.CONTROLLER in self.dirs]
+        return FileStatsReader(self, parts, limits_every)
 
     def kill(self) -> None:
         """SIGKILL every process in any hierarchy, repeating until none is left.

@@ -15,8 +15,11 @@ from nsmagic.cgroups.convert import (
     weight_to_shares,
 )
 from nsmagic.cgroups.limits import Limits
+from nsmagic.cgroups.sampling import KeptFiles, flat_value
 
 CONTROLLER = "cpu"
+# The files sample() reads (kept open by a FileStatsReader).
+SAMPLED = ("cpu.stat",)
 
 
 def is_set(limits: Limits) -> bool:
@@ -57,3 +60,10 @@ def stats(path: Path, record: CgroupStats) -> None:
         record.cpu_periods = values["nr_periods"]
         record.cpu_throttled_periods = values.get("nr_throttled")
         record.cpu_throttled_ns = values.get("throttled_time")
+
+
+def sample(files: KeptFiles, record: CgroupStats, limits: bool) -> None:
+    """The live figure: how many CFS periods were throttled (cpu.stat nr_throttled)."""
+    data = files.read("cpu.stat")
+    if data is not None:
+        record.cpu_throttled_periods = flat_value(data, b"nr_throttled")

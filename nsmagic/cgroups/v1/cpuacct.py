@@ -8,8 +8,11 @@ from pathlib import Path
 from nsmagic.cgroups._fs import read_flat_keyed, read_int
 from nsmagic.cgroups.base import CgroupStats
 from nsmagic.cgroups.limits import Limits
+from nsmagic.cgroups.sampling import KeptFiles
 
 CONTROLLER = "cpuacct"
+# The files sample() reads (kept open by a FileStatsReader).
+SAMPLED = ("cpuacct.usage",)
 
 
 def is_set(limits: Limits) -> bool:
@@ -42,3 +45,8 @@ def stats(path: Path, record: CgroupStats) -> None:
             scale = 1_000_000_000 // clock_ticks()
             user, system = ticks["user"] * scale, ticks.get("system", 0) * scale
     record.cpu_user_ns, record.cpu_system_ns = user, system
+
+
+def sample(files: KeptFiles, record: CgroupStats, limits: bool) -> None:
+    """The live figure: total CPU time (cpuacct.usage, already in nanoseconds)."""
+    record.cpu_usage_ns = files.read_int("cpuacct.usage")

@@ -8,11 +8,14 @@ from nsmagic.cgroups._fs import read_flat_keyed, read_int, read_optional, write_
 from nsmagic.cgroups.base import CgroupStats
 from nsmagic.cgroups.convert import v1_bytes
 from nsmagic.cgroups.limits import Limits
+from nsmagic.cgroups.sampling import KeptFiles, flat_value
 from nsmagic.errors import CapabilityError, SpecError
 
 CONTROLLER = "memory"
 LIMIT = "memory.limit_in_bytes"
 MEMSW = "memory.memsw.limit_in_bytes"
+# The files sample() reads (kept open by a FileStatsReader).
+SAMPLED = ("memory.usage_in_bytes", "memory.max_usage_in_bytes", LIMIT, "memory.oom_control")
 
 
 def is_set(limits: Limits) -> bool:
@@ -98,3 +101,14 @@ def stats(path: Path, record: CgroupStats) -> None:
     control = read_flat_keyed(path / "memory.oom_control")
     if "oom_kill" in control:
         record.oom_kills = control["oom_kill"]
+
+
+def sample(files: KeptFiles, record: CgroupStats, limits: bool) -> None:
+    """The live figures: usage, peak, OOM kills and (when limits) the limit, as in stats()."""
+    record.memory_current = files.read_int("memory.usage_in_bytes")
+    record.memory_peak = files.read_int("memory.max_usage_in_bytes")
+    if limits:
+        record.memory_limit = v1_bytes(files.read_int(LIMIT))
+    control = files.read("memory.oom_control")
+    if control is not None:
+        record.oom_kills = flat_value(control, b"oom_kill")

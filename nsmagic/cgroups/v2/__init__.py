@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from nsmagic.cgroups import _fs
-from nsmagic.cgroups.base import Cgroup, CgroupDriver, CgroupStats
+from nsmagic.cgroups.base import Cgroup, CgroupDriver, CgroupStats, StatsReader
 from nsmagic.cgroups.limits import Limits
+from nsmagic.cgroups.sampling import FileStatsReader
 from nsmagic.cgroups.v2 import cpu, cpuset, memory, pids
 from nsmagic.errors import CapabilityError, SpecError
 
@@ -18,6 +19,8 @@ CONTROLLERS = (cpuset, cpu, memory, pids)
 # Enabled for every group so that stats work even without limits; cpuset only when asked.
 ALWAYS = ("cpu", "memory", "pids")
 PRESSURE = ("cpu", "memory", "io")
+# The controllers with live figures, in the order a StatsReader reads them.
+SAMPLED = (cpu, memory)
 # The leaf that receives the caller's cgroup's processes when evacuate=True (see V2Driver).
 # It deliberately does not match nsmagic-<pid>-<suffix>, so list() and prune never touch it.
 INIT_LEAF = "nsmagic-init"
@@ -108,6 +111,11 @@ class V2Cgroup(Cgroup):
             if text:
                 record.pressure[resource] = _fs.parse_pressure(text)
         return record
+
+    def stats_reader(self, limits_every: int = 1) -> StatsReader:
+        """Usage, throttling, memory and OOM kills from the few files of SAMPLED's
+        controllers, opened once (see nsmagic.cgroups.sampling)."""
+        return FileStatsReader(self, [(self.path, m) for m in SAMPLED], limits_every)
 
     def kill(self) -> None:
         """SIGKILL everything in the group and below, then wait until it is empty."""

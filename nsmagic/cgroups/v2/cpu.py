@@ -8,8 +8,11 @@ from nsmagic.cgroups._fs import read_flat_keyed, read_optional, write_text
 from nsmagic.cgroups.base import CgroupStats
 from nsmagic.cgroups.convert import CPU_PERIOD_US, WEIGHT_DEFAULT, cpus_to_quota, quota_to_cpus
 from nsmagic.cgroups.limits import Limits
+from nsmagic.cgroups.sampling import KeptFiles, flat_value
 
 CONTROLLER = "cpu"
+# The files sample() reads (kept open by a FileStatsReader).
+SAMPLED = ("cpu.stat",)
 
 
 def is_set(limits: Limits) -> bool:
@@ -52,3 +55,13 @@ def stats(path: Path, record: CgroupStats) -> None:
         record.cpu_throttled_periods = values.get("nr_throttled")
         if "throttled_usec" in values:
             record.cpu_throttled_ns = values["throttled_usec"] * 1000
+
+
+def sample(files: KeptFiles, record: CgroupStats, limits: bool) -> None:
+    """The live figures of cpu.stat: usage (microseconds there, nanoseconds in the record)
+    and throttled periods."""
+    data = files.read("cpu.stat")
+    if data is not None:
+        usage = flat_value(data, b"usage_usec")
+        record.cpu_usage_ns = None if usage is None else usage * 1000
+        record.cpu_throttled_periods = flat_value(data, b"nr_throttled")

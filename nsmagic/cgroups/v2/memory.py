@@ -8,9 +8,12 @@ from nsmagic.cgroups._fs import read_flat_keyed, read_int, read_optional, write_
 from nsmagic.cgroups.base import CgroupStats
 from nsmagic.cgroups.convert import swap_v2
 from nsmagic.cgroups.limits import Limits
+from nsmagic.cgroups.sampling import KeptFiles, flat_value
 from nsmagic.errors import CapabilityError
 
 CONTROLLER = "memory"
+# The files sample() reads (kept open by a FileStatsReader).
+SAMPLED = ("memory.current", "memory.peak", "memory.max", "memory.events")
 
 
 def is_set(limits: Limits) -> bool:
@@ -62,3 +65,14 @@ def stats(path: Path, record: CgroupStats) -> None:
         # 'oom_kill' the processes the OOM killer then killed in this group.
         record.oom_events = events.get("oom", 0)
         record.oom_kills = events.get("oom_kill", 0)
+
+
+def sample(files: KeptFiles, record: CgroupStats, limits: bool) -> None:
+    """The live figures: usage, peak (5.19+), OOM kills and (when limits) memory.max."""
+    record.memory_current = files.read_int("memory.current")
+    record.memory_peak = files.read_int("memory.peak")
+    if limits:
+        record.memory_limit = files.read_int("memory.max")
+    events = files.read("memory.events")
+    if events is not None:
+        record.oom_kills = flat_value(events, b"oom_kill")
