@@ -23,7 +23,6 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 PROG = "nsmagic"
@@ -364,124 +363,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 # -- ls, stats, prune ----------------------------------------------------------------------------
-class _Group:
-    """One nsmagic cgroup found on the machine, in one or more hierarchies."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.v1: dict[str, Path] = {}
-        self.v2: Path | None = None
-
-    @property
-    def owner(self) -> int:
-        from nsmagic.cgroups import owner_of
-
-        return owner_of(self.name) or 0
-
-    @property
-    def owner_alive(self) -> bool:
-        from nsmagic.cgroups import pid_alive
-
-        return pid_alive(self.owner)
-
-    def cgroup(self) -> Any:
-        if self.v2 is not None:
-            from nsmagic.cgroups.v2 import V2Cgroup
-
-            return V2Cgroup(self.v2)
-        from nsmagic.cgroups.v1 import V1Cgroup
-
-        return V1Cgroup(self.v1)
-
-    @property
-    def driver(self) -> str:
-        return "v2" if self.v2 is not None else "v1"
-
-    def directories(self) -> list[str]:
-        return [str(self.v2)] if self.v2 is not None else sorted({str(p) for p in
-                                                                  self.v1.values()})
-
-
-def _machine_groups(max_depth: int = 8) -> dict[str, _Group]:
-    """Every directory named nsmagic-<pid>-<id> under the cgroup mounts this process sees."""
-    from nsmagic.cgroups import cgroup_mounts, owner_of
-
-    groups: dict[str, _Group] = {}
-    try:
-        mounts = cgroup_mounts()
-    except OSError:
-        return groups
-    for mount in mounts:
-        top = str(mount.mountpoint)
-        for root, dirs, _ in os.walk(top):
-            for name in dirs:
-                if owner_of(name) is None:
-                    continue
-                group = groups.setdefault(name, _Group(name))
-                path = Path(root) / name
-                if mount.fstype == "cgroup2":
-                    group.v2 = path
-                else:
-                    for controller in mount.controllers:
-                        group.v1.setdefault(controller, path)
-            dirs[:] = [d for d in dirs if owner_of(d) is None]
-            if root[len(top):].count("/") >= max_depth:
-                dirs.clear()
-    return {name: g for name, g in groups.items() if g.v2 is not None or g.v1}
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as handle:
-            return handle.read().strip()
-    except OSError:
-        return "-"
-
-
 def _bridges() -> tuple[list[dict[str, Any]], str | None]:
+    """The machine's nsmagic bridges as JSON-ready dicts, or a note saying why not listed."""
     from nsmagic.cgroups import pid_alive
 
     try:
         from nsmagic.isolation import network
 
-        links = network.our_links()
+        found = network.bridges()
     except Exception as error:  # noqa: BLE001 - no netlink access here: say so
         return [], f"network links not listed: {error}"
-    found = []
-    for name in links:
-        if name.startswith(network.BRIDGE_PREFIX):
-            owner = name[len(network.BRIDGE_PREFIX):]
-            pid = int(owner) if owner.isdigit() else None
-            found.append({"name": name, "owner_pid": pid,
-                          "owner_alive": pid is not None and pid_alive(pid)})
-    return found, None
-
-
-def _group_summary(group: _Group) -> dict[str, Any]:
-    cgroup = group.cgroup()
-    try:
-        pids = cgroup.pids()
-        stats = cgroup.stats().as_dict()
-        limits = cgroup.limits()
-    except OSError:
-        pids, stats, limits = [], {}, None
-    from dataclasses import asdict
-
-    return {
-        "name": group.name, "owner_pid": group.owner, "owner_alive": group.owner_alive,
-        "owner_command": _comm(group.owner) if group.owner_alive else None,
-        "driver": group.driver, "directories": group.directories(), "pids": pids,
-        "limits": asdict(limits) if limits is not None else None,
-        "limits_text": limits.describe() if limits is not None else "-",
-        "stats": stats,
-    }
+    return [{"name": b.name, "owner_pid": b.owner_pid,
+             "owner_alive": b.owner_pid is not None and pid_alive(b.owner_pid)}
+            for b in found], None
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
+    from nsmagic.cgroups import machine
     from nsmagic.cgroups.limits import format_size
     from nsmagic.runtime.listing import Table
 
-    groups = [_group_summary(g) for _, g in sorted(_machine_groups().items())]
+    groups = [g.summary() for _, g in sorted(machine.find_all().items())]
     bridges, bridge_note = _bridges()
     if args.json:
         print(json.dumps({"cgroups": groups, "bridges": bridges, "notes": [
@@ -512,48 +414,41 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from nsmagic.runtime.listing import Table, _format
+    from nsmagic.cgroups import machine
+    from nsmagic.runtime.listing import Table, format_figure
 
-    groups = _machine_groups()
-    matches = [g for name, g in groups.items()
-               if name == args.name or name.split("-", 2)[2] == args.name]
+    groups = machine.find_all()
+    matches = machine.lookup(args.name, groups)
     if len(matches) != 1:
         why = "no nsmagic cgroup" if not matches else f"{len(matches)} nsmagic cgroups"
         known = ", ".join(sorted(groups)) or "none"
         print(f"{PROG} stats: {why} named {args.name!r} on this machine (there are: {known})",
               file=sys.stderr)
         return 1
-    summary = _group_summary(matches[0])
+    summary = matches[0].summary()
     if args.json:
         summary.pop("limits_text")
         print(json.dumps(summary, indent=2))
         return 0
     rows = [["owner", f"{summary['owner_pid']} ({'alive' if summary['owner_alive'] else 'dead'})"],
             ["limits", summary["limits_text"]], ["processes", str(len(summary["pids"]))]]
-    rows += [[key, _format(key, value)] for key, value in summary["stats"].items()
+    rows += [[key, format_figure(key, value)] for key, value in summary["stats"].items()
              if value not in (None, {}) and key != "timestamp"]
     print(Table(["figure", summary["name"]], rows).text())
     return 0
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    from nsmagic.cgroups import machine, owner_of
     from nsmagic.runtime.listing import prune
     from nsmagic.runtime.named import MANAGER
 
     lines = [line for line in prune(MANAGER) if line != "nothing to prune"]
-    for group in _machine_groups().values():
-        if group.owner_alive:
-            continue
-        cgroup = group.cgroup()
-        if cgroup.pids():
-            lines.append(f"kept {group.name}: its owner {group.owner} is dead here, but "
-                         f"{len(cgroup.pids())} processes are inside (another pid namespace's?)")
-            continue
-        try:
-            cgroup.remove()
-            lines.append(f"removed orphaned cgroup {group.name}")
-        except OSError as error:
-            lines.append(f"cgroup {group.name} not removed: {error}")
+    report = machine.prune_dead_owners()
+    lines += [f"removed orphaned cgroup {name}" for name in report.removed]
+    lines += [f"kept {name}: its owner {owner_of(name)} is dead here, but {count} processes "
+              "are inside (another pid namespace's?)" for name, count in report.kept.items()]
+    lines += [f"cgroup {name} not removed: {why}" for name, why in report.failed.items()]
     print("\n".join(lines or ["nothing to prune"]))
     return 0
 

@@ -176,6 +176,25 @@ def our_links() -> list[str]:
     return [n for n in names if n.startswith((BRIDGE_PREFIX, VETH_PREFIX, PEER_PREFIX))]
 
 
+@dataclass(frozen=True)
+class BridgeInfo:
+    """An nsmagic bridge found on this host, and the fork server its name says made it."""
+
+    name: str
+    owner_pid: int | None  # None when what follows the prefix is not a pid
+
+
+def bridges() -> list[BridgeInfo]:
+    """The nsmb<owner pid> bridges on this host, whoever made them (netlink errors, such as
+    no permission, propagate)."""
+    found = []
+    for name in our_links():
+        if name.startswith(BRIDGE_PREFIX):
+            owner = name[len(BRIDGE_PREFIX):]
+            found.append(BridgeInfo(name, int(owner) if owner.isdigit() else None))
+    return found
+
+
 def default_subnet(owner_pid: int) -> str:
     """A private /24 per fork server, so two notebooks on one host do not collide."""
     return f"10.213.{owner_pid % 250 + 1}.0/24"

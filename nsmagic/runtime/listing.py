@@ -95,12 +95,13 @@ def container_table(containers: list[ManagedContainer]) -> Table:
 def stats_table(managed: ManagedContainer) -> Table:
     """The cgroup figures of one container."""
     stats = _stats(managed) or {}
-    rows = [[key, _format(key, value)] for key, value in stats.items()
+    rows = [[key, format_figure(key, value)] for key, value in stats.items()
             if value not in (None, {}) and key != "timestamp"]
     return Table(["figure", managed.name], rows)
 
 
-def _format(key: str, value: object) -> str:
+def format_figure(key: str, value: object) -> str:
+    """One figure of a stats record as text: sizes for memory and swap, seconds for _ns."""
     if isinstance(value, int) and key.startswith(("memory", "swap")):
         return format_size(value)
     if isinstance(value, int) and key.endswith("_ns"):
@@ -130,16 +131,14 @@ def _prune_links() -> list[str]:
 
     removed = []
     try:
-        links = network.our_links()
+        found = network.bridges()
     except Exception as error:  # noqa: BLE001 - no netlink access (unprivileged): say so
         return [f"network links not checked: {error}"]
-    for name in links:
-        if name.startswith(network.BRIDGE_PREFIX):
-            owner = name[len(network.BRIDGE_PREFIX):]
-            if owner.isdigit() and not pid_alive(int(owner)):
-                try:
-                    network.delete_link(name)
-                    removed.append(f"removed orphaned bridge {name}")
-                except Exception as error:  # noqa: BLE001
-                    removed.append(f"bridge {name} not removed: {error}")
+    for bridge in found:
+        if bridge.owner_pid is not None and not pid_alive(bridge.owner_pid):
+            try:
+                network.delete_link(bridge.name)
+                removed.append(f"removed orphaned bridge {bridge.name}")
+            except Exception as error:  # noqa: BLE001
+                removed.append(f"bridge {bridge.name} not removed: {error}")
     return removed
