@@ -11,8 +11,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nsmagic.cgroups.base import NAME_PREFIX
 from nsmagic.errors import CapabilityError, SpecError
+
+# Every cgroup nsmagic creates is named with this prefix plus the owning process's pid, so
+# that prune can tell ours from others' and find the orphans of a process that died.
+NAME_PREFIX = "nsmagic-"
 
 # Names are nsmagic-<owner pid>-<suffix>; the pid lets prune_orphans tell a live owner's groups
 # from those left behind by a process that died without cleaning up.

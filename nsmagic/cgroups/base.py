@@ -5,11 +5,8 @@ from __future__ import annotations
 import abc
 from dataclasses import asdict, dataclass, field
 
+from nsmagic.cgroups._fs import NAME_PREFIX, owner_of, pid_alive
 from nsmagic.cgroups.limits import Limits
-
-# Every cgroup nsmagic creates is named with this prefix plus the owning process's pid, so
-# that prune can tell ours from others' and find the orphans of a process that died.
-NAME_PREFIX = "nsmagic-"
 
 
 @dataclass
@@ -145,8 +142,6 @@ class CgroupDriver(abc.ABC):
         Owners are recognised by the pid in the name, in the caller's pid namespace; a group
         whose owner pid was reused by an unrelated process is kept (the safe mistake).
         """
-        from nsmagic.cgroups._fs import owner_of, pid_alive
-
         removed = []
         for name in self.list():
             owner = owner_of(name)
@@ -158,3 +153,6 @@ class CgroupDriver(abc.ABC):
                 continue  # pruned concurrently by someone else
             removed.append(name)
         return removed
+
+
+__all__ = ["LIMIT_FIELDS", "NAME_PREFIX", "Cgroup", "CgroupDriver", "CgroupStats", "StatsReader"]
