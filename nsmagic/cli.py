@@ -415,7 +415,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     from nsmagic.cgroups import machine
-    from nsmagic.runtime.listing import Table, format_figure
+    from nsmagic.runtime.listing import Table, figure_rows
 
     groups = machine.find_all()
     matches = machine.lookup(args.name, groups)
@@ -432,8 +432,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         return 0
     rows = [["owner", f"{summary['owner_pid']} ({'alive' if summary['owner_alive'] else 'dead'})"],
             ["limits", summary["limits_text"]], ["processes", str(len(summary["pids"]))]]
-    rows += [[key, format_figure(key, value)] for key, value in summary["stats"].items()
-             if value not in (None, {}) and key != "timestamp"]
+    rows += figure_rows(summary["stats"])
     print(Table(["figure", summary["name"]], rows).text())
     return 0
 

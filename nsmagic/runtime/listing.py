@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 from dataclasses import dataclass
 
@@ -10,22 +11,49 @@ from nsmagic.cgroups.limits import format_size
 from nsmagic.runtime.named import ContainerManager, ManagedContainer
 from nsmagic.tables import html_table, text_table
 
+EMPTY_CONTAINERS = "no containers: start one with %container start NAME"
+
+# Readable names of the figures of a stats record (CgroupStats fields, or the process-based
+# figures of hosts without cgroups); the unit is in the value ("0.067 s", "12 MiB").
+FIGURE_NAMES = {
+    "cpu_usage_ns": "cpu usage",
+    "cpu_user_ns": "cpu user",
+    "cpu_system_ns": "cpu system",
+    "cpu_periods": "cpu periods",
+    "cpu_throttled_periods": "cpu periods throttled",
+    "cpu_throttled_ns": "cpu time throttled",
+    "memory_current": "memory",
+    "memory_peak": "memory peak",
+    "memory_limit": "memory limit",
+    "swap_current": "swap",
+    "oom_events": "out-of-memory events",
+    "oom_kills": "out-of-memory kills",
+    "pids_current": "tasks",
+    "pids_limit": "task limit",
+    "pids_denied": "forks refused",  # at the task limit
+    "source": "measured from",
+}
+
 
 @dataclass
 class Table:
-    """Rows with a header, shown as text in a terminal and as HTML in a notebook."""
+    """Rows with a header, shown as text in a terminal and as HTML in a notebook; a table
+    without rows shows the sentence `empty` instead of a bare header."""
 
     header: list[str]
     rows: list[list[str]]
+    empty: str = "nothing to show"
 
     def text(self) -> str:
-        """Aligned columns."""
-        return text_table(self.header, self.rows)
+        """Aligned columns, or the empty sentence."""
+        return text_table(self.header, self.rows) if self.rows else self.empty
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:  # noqa: ANN001
-        printer.text(self.text() if self.rows else "no containers")
+        printer.text(self.text())
 
     def _repr_html_(self) -> str:
+        if not self.rows:
+            return f"<p>{html.escape(self.empty)}</p>"
         return html_table(self.header, self.rows)
 
 
@@ -89,15 +117,37 @@ def container_table(containers: list[ManagedContainer]) -> Table:
             result.address or "-",
         ])
     return Table(["name", "state", "pid", "namespaces", "limits", "uptime", "cpu", "memory",
-                  "address"], rows)
+                  "address"], rows, EMPTY_CONTAINERS)
 
 
 def stats_table(managed: ManagedContainer) -> Table:
-    """The cgroup figures of one container."""
-    stats = _stats(managed) or {}
-    rows = [[key, format_figure(key, value)] for key, value in stats.items()
-            if value not in (None, {}) and key != "timestamp"]
-    return Table(["figure", managed.name], rows)
+    """The cgroup figures of one container, by readable name with units."""
+    return Table(["figure", managed.name], figure_rows(_stats(managed) or {}),
+                 f"no figures for {managed.name}: its cgroup could not be read")
+
+
+def figure_rows(stats: dict) -> list[list[str]]:
+    """[name, value] rows of the figures a stats record has (None and empty ones left out):
+    'cpu usage', '0.067 s'; 'memory', '12 MiB'; one row per pressure resource."""
+    rows = []
+    for key, value in stats.items():
+        if value in (None, {}) or key == "timestamp":
+            continue
+        if key == "pressure" and isinstance(value, dict):
+            rows += [[f"{resource} pressure", _pressure(figures)]
+                     for resource, figures in value.items()]
+            continue
+        rows.append([figure_name(key), format_figure(key, value)])
+    return rows
+
+
+def figure_name(key: str) -> str:
+    """The readable name of a stats figure ('cpu_usage_ns' -> 'cpu usage')."""
+    if key in FIGURE_NAMES:
+        return FIGURE_NAMES[key]
+    for unit in ("_ns", "_usec", "_bytes"):
+        key = key.removesuffix(unit)
+    return key.replace("_", " ")
 
 
 def format_figure(key: str, value: object) -> str:
@@ -107,6 +157,13 @@ def format_figure(key: str, value: object) -> str:
     if isinstance(value, int) and key.endswith("_ns"):
         return f"{value / 1e9:.3f} s"
     return str(value)
+
+
+def _pressure(figures: dict) -> str:
+    # PSI: the share of the last 10 s that some (or all) tasks stalled on the resource.
+    parts = [f"{kind} {figures[f'{kind}_avg10']:.2f}%" for kind in ("some", "full")
+             if f"{kind}_avg10" in figures]
+    return (", ".join(parts) + " of the last 10 s") if parts else "-"
 
 
 def prune(manager: ContainerManager) -> list[str]:

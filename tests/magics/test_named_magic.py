@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,12 +70,33 @@ def test_ls_stats_stop_rm(ipython_shell, capsys):
     assert "one" in text and "running" in text and "memory 64 MiB" in text
     assert "<table>" in table._repr_html_()
     stats = ipython_shell.run_line_magic("container", "stats one").text()
-    assert "memory_current" in stats
+    assert "memory " in stats
     ipython_shell.run_line_magic("container", "stop one")
     with pytest.raises(UsageError, match="no container named 'nope'"):
         ipython_shell.run_line_magic("container", "stop nope")
     ipython_shell.run_line_magic("container", "rm one")
     assert "one" not in MANAGER.names()
+
+
+def test_stats_names_each_figure_in_words_with_its_unit(ipython_shell):
+    ipython_shell.run_line_magic("container", "start figures --memory 64M")
+    table = ipython_shell.run_line_magic("container", "stats figures")
+    rows = dict(table.rows)
+    assert re.fullmatch(r"\d+\.\d{3} s", rows["cpu usage"]), rows
+    assert rows["memory limit"] == "64 MiB"
+    assert re.fullmatch(r"[\d.]+ (B|KiB|MiB)", rows["memory"]), rows
+    # No field name with its unit suffix next to a converted value ("cpu_usage_ns 0.067 s").
+    assert not [name for name in rows if "_" in name], rows
+    assert "cpu usage" in table.text() and "cpu usage" in table._repr_html_()
+
+
+def test_an_empty_ls_says_how_to_start_a_container(ipython_shell):
+    assert not MANAGER.names()
+    table = ipython_shell.run_line_magic("container", "ls")
+    sentence = "no containers: start one with %container start NAME"
+    assert table.text() == sentence
+    assert sentence in table._repr_html_() and "<th" not in table._repr_html_()
+    assert ipython_shell.run_cell("%container ls").success
 
 
 @pytest.mark.parametrize(("line", "message"), [
