@@ -41,20 +41,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (try --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _keys(text: str) -> list[str]:
-    return [k.strip() for k in text.split(",") if k.strip()]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Run code in Linux namespaces and cgroups.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -62,25 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="what this host allows, and why not")
     doctor.set_defaults(handler=_cmd_doctor)
 
-    from nsmagic import bench as bench_module
-
-    bench = commands.add_parser(
-        "bench", help="start-up benchmarks against unshare, bwrap and runc",
-        description="Time nsmagic and the anchors (unshare, bwrap, runc), interleaved, and "
-                    "print medians, spreads and ratios.")
-    bench.add_argument("--runs", type=_positive_int, default=bench_module.DEFAULT_RUNS,
-                       metavar="N", help=f"timed rounds (default {bench_module.DEFAULT_RUNS}; "
-                                         f"--quick: {bench_module.QUICK_RUNS})")
-    bench.add_argument("--quick", action="store_true",
-                       help="a few rounds only: checks that everything runs, in seconds")
-    bench.add_argument("--json", metavar="FILE", dest="json_path",
-                       help="write raw samples, medians, ratios, machine and method as JSON")
-    bench.add_argument("--markdown", metavar="FILE", dest="markdown_path",
-                       help="write the performance page (docs/performance.md) from this run")
-    keys = ", ".join(b.key for b in bench_module.BENCHMARKS)
-    bench.add_argument("--only", type=_keys, metavar="KEYS",
-                       help=f"comma-separated benchmarks to run, of: {keys}")
-    bench.set_defaults(handler=_cmd_bench)
+    # Listed here for --help only: main() hands `bench ...` to the benchmark, which parses its
+    # own options, so that no other command imports it (nsmagic_bench/, in a checkout).
+    commands.add_parser("bench", add_help=False,
+                        help="start-up benchmarks against unshare, bwrap and runc (from a "
+                             "checkout)")
 
     run = commands.add_parser(
         "run", help="run a command in a container (exit status and signals passed through)",
@@ -195,17 +167,18 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from nsmagic import bench
-
-    if args.only:
-        try:
-            bench.select(args.only)
-        except ValueError as error:
-            print(f"{PROG} bench: error: {error}", file=sys.stderr)
-            return USAGE_ERROR
-    return bench.main(runs=args.runs, quick=args.quick, json_path=args.json_path,
-                      markdown_path=args.markdown_path, only=args.only)
+def _cmd_bench(argv: list[str]) -> int:
+    # The benchmark is developer tooling beside the package in the source tree, not in it.
+    try:
+        from nsmagic_bench.cli import main as bench_main
+    except ModuleNotFoundError as error:
+        if error.name != "nsmagic_bench":
+            raise
+        print(f"{PROG} bench: error: the benchmark is not installed with nsmagic: run `python "
+              "-m nsmagic bench` in a clone of nsmagic's repository, set up by `bash "
+              "scripts/setup`", file=sys.stderr)
+        return USAGE_ERROR
+    return bench_main(argv)
 
 
 # -- run -------------------------------------------------------------------------------------
@@ -454,6 +427,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `nsmagic` and `python -m nsmagic`; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return _cmd_bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

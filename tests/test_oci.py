@@ -24,6 +24,7 @@ from nsmagic.runtime.named import MANAGER
 from nsmagic.runtime.spec import ContainerSpec
 
 from .conftest import IS_ROOT
+from .oci_schema import SCHEMA_DIR, SCHEMA_RELEASE, validate
 
 LIMITS = dict(cpus=0.5, memory="64M", memory_swap="128M", pids=32, cpu_weight=200, cpuset="0")
 RUNC = shutil.which("runc")
@@ -129,15 +130,16 @@ def test_privileged_keeps_every_capability_and_privilege_gains():
     assert config["process"]["noNewPrivileges"] is False
     assert "CAP_SYS_ADMIN" in config["process"]["capabilities"]["bounding"]
     assert any("--privileged" in n for n in notes)
-    oci.validate(config)
+    validate(config)
 
 
 # -- schema ------------------------------------------------------------------------------------
-def test_the_schema_files_ship_with_their_licence():
-    names = {p.name for p in oci.SCHEMA_DIR.iterdir()}
+def test_the_schema_files_are_kept_with_their_licence_and_are_of_the_version_we_write():
+    names = {p.name for p in SCHEMA_DIR.iterdir()}
     assert {"config-schema.json", "config-linux.json", "defs.json", "defs-linux.json",
             "LICENSE"} <= names
-    assert "Apache License" in (oci.SCHEMA_DIR / "LICENSE").read_text()
+    assert "Apache License" in (SCHEMA_DIR / "LICENSE").read_text()
+    assert SCHEMA_RELEASE.startswith(f"v{oci.OCI_VERSION} ")
 
 
 @pytest.mark.parametrize("options", [
@@ -155,18 +157,18 @@ def test_exported_configs_validate_against_the_oci_schema(tmp_path, options):
     bundle = oci.write_bundle(build(**options), tmp_path / "bundle", ["/bin/true"])
     written = json.loads((bundle.path / "config.json").read_text())
     assert written == bundle.config
-    oci.validate(written)
+    validate(written)
 
 
 def test_validation_really_checks(tmp_path):
     config = oci.config_for(build())[0]
     config["linux"]["namespaces"].append({"type": "net"})  # nsmagic's name, not OCI's
     with pytest.raises(jsonschema.ValidationError):
-        oci.validate(config)
+        validate(config)
     config = oci.config_for(build())[0]
     del config["ociVersion"]
     with pytest.raises(jsonschema.ValidationError):
-        oci.validate(config)
+        validate(config)
 
 
 # -- the bundle on disk ------------------------------------------------------------------------
@@ -259,7 +261,7 @@ def test_nsmagic_and_runc_agree_on_hostname_limits_and_namespaces(tmp_path):
 
     bundle = oci.export(spec, tmp_path / "bundle", ["/bin/sh", "-c", PROBE],
                         host_root="busybox")
-    oci.validate(json.loads((bundle / "config.json").read_text()))
+    validate(json.loads((bundle / "config.json").read_text()))
     completed = run_runc(bundle)
     assert completed.returncode == 0, completed.stderr
     theirs, their_namespaces = parse_probe(completed.stdout)
@@ -345,7 +347,7 @@ def test_cell_export_oci_writes_the_bundle_and_runs_the_cell(ipython_shell, tmp_
     assert config["hostname"] == "cellhost"
     assert config["process"]["args"] == ["/bin/sh", "-c", "hostname\n"]  # the cell as it is
     assert config["linux"]["resources"]["memory"]["limit"] == 64 << 20
-    oci.validate(config)
+    validate(config)
 
 
 def test_container_export_writes_a_named_containers_spec(ipython_shell, tmp_path, capfd):
@@ -356,7 +358,7 @@ def test_container_export_writes_a_named_containers_spec(ipython_shell, tmp_path
         assert config["hostname"] == "ocilab"
         assert config["linux"]["resources"]["pids"] == {"limit": 40}
         assert config["process"]["args"] == ["/bin/sh"]
-        oci.validate(config)
+        validate(config)
         from IPython.core.error import UsageError
 
         with pytest.raises(UsageError):

@@ -53,9 +53,11 @@ def source(tmp_path: Path) -> Path:
     tree.mkdir()
     for name in BUILD_INPUTS:
         shutil.copy(REPO / name, tree / name)
-    # Without the built program, so that finding one after a build proves the build made it.
-    shutil.copytree(REPO / "nsmagic", tree / "nsmagic",
-                    ignore=shutil.ignore_patterns("__pycache__", "nsmagic-init"))
+    # Without the built program, so that finding one after a build proves the build made it;
+    # with the benchmark beside the package, as in a checkout, where the build must leave it.
+    for package in ("nsmagic", "nsmagic_bench"):
+        shutil.copytree(REPO / package, tree / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "nsmagic-init"))
     return tree
 
 
@@ -85,6 +87,16 @@ def test_building_a_wheel_prints_no_deprecation_and_the_wheel_holds_nsmagic_init
     assert "nsmagic/native/nsmagic-init.c" in names
     if has_c_compiler():
         assert "nsmagic/native/nsmagic-init" in names
+
+
+def test_the_wheel_holds_the_package_and_no_developer_tooling(source: Path, tmp_path: Path):
+    pip("wheel", "--no-deps", "--wheel-dir", str(tmp_path / "dist"), str(source))
+    [wheel] = (tmp_path / "dist").glob("nsmagic-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"nsmagic"}
+    # The benchmark and the OCI schemas (used by tests only) stay in the checkout.
+    assert not [name for name in names if "bench" in name or "schema" in name]
 
 
 def test_an_editable_install_prints_no_deprecation_and_builds_nsmagic_init_in_place(
