@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import ipaddress
 import socket
 import struct
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -34,6 +38,56 @@ def bring_loopback_up() -> None:
 BRIDGE_PREFIX = "nsmb"
 VETH_PREFIX = "nsmv"
 PEER_PREFIX = "nsmp"
+
+Result = TypeVar("Result")
+
+
+def _outside_event_loop(function: Callable[..., Result]) -> Callable[..., Result]:
+    """Make a function that uses pyroute2's synchronous API callable from any thread.
+
+    pyroute2 0.9's sync classes run their asyncio core with run_until_complete() on the
+    calling thread's running loop when there is one, which fails ("This event loop is
+    already running", plus a never-awaited coroutine) in a thread that runs a loop, as an
+    IPython kernel's main thread does. There the call goes to a short-lived worker thread,
+    which has no loop, and the caller waits for it; anywhere else (the fork server, a
+    container's set-up) it runs as it is, with no thread. Network namespaces are per
+    thread, and a new thread starts in its creator's, so the worker sees the same links.
+    """
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Result:
+        if not _loop_running():
+            return function(*args, **kwargs)
+        import threading
+
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["value"] = function(*args, **kwargs)
+            except BaseException as error:  # noqa: BLE001 - handed to the caller below
+                outcome["error"] = error
+
+        worker = threading.Thread(target=work, name="nsmagic-netlink", daemon=True)
+        worker.start()
+        worker.join()
+        if "error" in outcome:
+            raise outcome.pop("error")
+        return outcome["value"]
+
+    return call
+
+
+def _loop_running() -> bool:
+    """True when the calling thread runs an asyncio event loop."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:  # no loop can run without asyncio imported (the fork server)
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -70,6 +124,7 @@ class Bridge:
         self._used: dict[str, Attachment] = {}
         self._index: int | None = None
 
+    @_outside_event_loop
     def ensure(self) -> None:
         """Create the bridge (idempotent)."""
         from pyroute2 import IPRoute
@@ -84,6 +139,7 @@ class Bridge:
             ip.link("set", index=found[0], state="up")
             self._index = found[0]
 
+    @_outside_event_loop
     def attach(self, container_id: str) -> Attachment:
         """Create a veth pair with its host end on the bridge; allocate an address."""
         if not self._free:
@@ -107,6 +163,7 @@ class Bridge:
         self._used[attachment.address] = attachment
         return attachment
 
+    @_outside_event_loop
     def move_into(self, attachment: Attachment, pid: int) -> None:
         """Move the container end into the network namespace of process pid."""
         from pyroute2 import IPRoute
@@ -139,6 +196,7 @@ class Bridge:
         self._index = None
 
 
+@_outside_event_loop
 def configure_inside(config: dict) -> None:
     """In the container's network namespace: rename the veth end to eth0, address it, bring
     it up and route through the bridge."""
@@ -152,6 +210,7 @@ def configure_inside(config: dict) -> None:
         ip.route("add", dst="0.0.0.0/0", gateway=config["gateway"])
 
 
+@_outside_event_loop
 def delete_link(ifname: str) -> None:
     """Delete a network interface by name if it exists."""
     from pyroute2 import IPRoute
@@ -167,6 +226,7 @@ def delete_link(ifname: str) -> None:
                     raise
 
 
+@_outside_event_loop
 def our_links() -> list[str]:
     """Names of the interfaces on this host that nsmagic created."""
     from pyroute2 import IPRoute

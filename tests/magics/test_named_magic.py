@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import re
 import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 from IPython.core.error import UsageError
@@ -149,3 +152,35 @@ def test_prune_after_the_owner_and_its_server_are_killed(ipython_shell, capsys):
     assert f"removed orphaned cgroup {cgroup}" in out
     assert bridge not in network.our_links()
     assert wait_until(lambda: not [n for n in network.our_links() if n.startswith("nsmv")], 5)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="bridges need root")
+def test_prune_works_inside_a_running_event_loop_as_in_a_kernel(ipython_shell, capsys):
+    # An IPython kernel runs every cell inside an asyncio event loop; pyroute2's synchronous
+    # API must still work there (it used to fail: "This event loop is already running").
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = network.Bridge(dead.pid, f"10.254.{dead.pid % 250}.0/24")
+
+    async def cell() -> list:
+        orphan.ensure()
+        attachment = orphan.attach("c0ffee0123456789")
+        assert attachment.host_ifname in network.our_links()
+        orphan.detach(attachment)
+        found = network.bridges()
+        ipython_shell.run_line_magic("container", "prune")
+        return found
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            found = asyncio.run(cell())
+        finally:
+            network.delete_link(orphan.name)
+        gc.collect()  # a coroutine never awaited warns when it is collected
+    assert network.BridgeInfo(orphan.name, dead.pid) in found
+    out = capsys.readouterr().out
+    assert f"removed orphaned bridge {orphan.name}" in out, out
+    assert "not checked" not in out
+    assert not [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert orphan.name not in network.our_links()
