@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -68,10 +68,10 @@ class KeptFiles:
 
     def read_int(self, name: str) -> int | None:
         """An integer file; None when absent, empty or 'max' (as _fs.read_int)."""
-        data = self.read(name)
-        if data is None:
+        fd = self.fds.get(name)  # not through read(): this runs several times a sample
+        if fd is None:
             return None
-        data = data.strip()
+        data = os.pread(fd, READ_SIZE, 0).strip()
         if not data or data == b"max":
             return None
         return int(data)
@@ -100,11 +100,12 @@ class FileStatsReader(StatsReader):
         self.cgroup = cgroup
         self.limits_every = max(1, int(limits_every))
         self.reads = 0
-        self.last_limits: dict[str, int | None] = {}
-        self.parts: list[tuple[KeptFiles, ModuleType]] = []
+        self.last_limits: list[tuple[str, int | None]] = []
+        # (its files, the controller's sample function) per controller module.
+        self.parts: list[tuple[KeptFiles, Callable[[KeptFiles, CgroupStats, bool], None]]] = []
         try:
             for directory, module in parts:
-                self.parts.append((KeptFiles(directory, module.SAMPLED), module))
+                self.parts.append((KeptFiles(directory, module.SAMPLED), module.sample))
         except BaseException:
             self.close()
             raise
@@ -114,15 +115,15 @@ class FileStatsReader(StatsReader):
 
     def read(self) -> CgroupStats:
         """One sample; OSError once the group is gone."""
-        record = CgroupStats(timestamp=time.time())
+        record = CgroupStats(time.time())
         limits = self.reads % self.limits_every == 0
         self.reads += 1
-        for files, module in self.parts:
-            module.sample(files, record, limits)
+        for files, sample in self.parts:
+            sample(files, record, limits)
         if limits:
-            self.last_limits = {name: getattr(record, name) for name in LIMIT_FIELDS}
+            self.last_limits = [(name, getattr(record, name)) for name in LIMIT_FIELDS]
         else:
-            for name, value in self.last_limits.items():
+            for name, value in self.last_limits:
                 setattr(record, name, value)
         return record
 
