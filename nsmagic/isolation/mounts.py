@@ -1,37 +1,32 @@
-"""The container's filesystem view: a private mount tree, its own /proc and a private /tmp;
-on request a read-only root, a throw-away overlay root, another root directory, volumes.
+"""The container's filesystem world, built inside its own mount namespace: by default a new
+root holding a read-only view of the host's userland under a private writable layer, its own
+/proc (secrets masked, kernel settings read-only), /dev, /sys, /tmp and /etc files; or
+another root directory (--rootfs), or, only when asked for loudly, the host's root.
 
-Everything here runs inside the container's own mount namespace, which the kernel tears down
+Everything here runs inside the container's mount namespace, which the kernel tears down
 with the container's last process: nothing is ever mounted in the host's namespace, so a
-failure half-way leaves nothing behind on the host. The one exception is --rootfs: mount
-points the root directory lacks (/proc, /dev, /tmp, a volume's path) are created in it.
+failure half-way leaves nothing behind on the host.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import re
-import shutil
 import socket
-import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-from nsmagic.isolation import syscalls
+from nsmagic.isolation import dev, etc, masks, mountops, syscalls, view
+from nsmagic.isolation.mountops import Detached, step
 
-# Inside a pivoted root the old root waits here until it is detached: on the tmpfs that then
-# becomes the container's /tmp, so no directory is created in the new root's files for it.
-OLD_ROOT = "/tmp/.oldroot"
-# The overlay root is assembled on a tmpfs mounted here in the container's mount namespace
-# (the host's /tmp is not touched; after the pivot it is out of reach anyway).
+# The new root is assembled on a staging tmpfs mounted here in the container's own mount
+# namespace (the host's /tmp is not touched; after the pivot it is out of reach anyway).
 STAGING = "/tmp"
-# The device nodes a --rootfs container gets in its minimal /dev, bound from the host's.
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-# Top-level regular files up to this size are copied into a per-directory overlay root (so
-# writes to them vanish too); bigger ones are bound read-only.
-_COPY_LIMIT = 1 << 20
+# Inside the new root the old root waits here until it is detached: on the tmpfs that then
+# becomes the container's /tmp, so no directory is created in the root's own files for it.
+OLD_ROOT = "/tmp/.oldroot"
+# An empty read-only file on the staging tmpfs, bound over every masked file.
+EMPTY = f"{STAGING}/empty"
+ROOT_MODES = ("view", "host")  # besides a directory (--rootfs)
 
 
 @dataclass(frozen=True)
@@ -47,294 +42,218 @@ class Volume:
 class MountOptions:
     """What the container's mount namespace should look like."""
 
+    root: str = "view"  # "view", "host" (the host's root as it is), or a directory
+    read_only: bool = False  # no writable layer: the root and all under it read-only
     proc: bool = True  # a fresh /proc for the container's pid namespace
     private_tmp: bool = True  # an empty tmpfs on /tmp
-    read_only: bool = False  # the root (and everything under it) read-only
-    overlay: bool = False  # a writable root whose changes vanish with the container
-    rootfs: str | None = None  # pivot into this directory instead of the host root
     volumes: tuple[Volume, ...] = ()
-
-    @property
-    def is_plain(self) -> bool:
-        """True for the host root as it is, plus the container's /proc and /tmp."""
-        return not (self.read_only or self.overlay or self.rootfs or self.volumes)
+    own_network: bool = True  # a network namespace of its own: a fresh sysfs shows it
+    ipc_namespace: bool = True  # an IPC namespace of its own: /dev/mqueue is its own
 
 
 def setup_mount_namespace(options: MountOptions, cgroup_directories: list[str]) -> list[str]:
-    """Build the container's filesystem view, in the order the kernel needs; return warnings.
-
-    Runs inside the new mount namespace, as (container) root: the real root, or the root of
-    a user namespace that owns this mount namespace (unprivileged kernels). One checklist:
+    """Build the container's filesystem world, in the order the kernel needs; return
+    warnings. Runs inside the new mount namespace, as the container's root (real root, or
+    root of the user namespace that owns this mount namespace). One checklist:
 
     1. Private propagation, before anything is mounted (else mounts leak to the host).
-    2. Take what the container needs from the host while the host root is still there:
-       detached copies (open_tree) of volume sources and, for --rootfs, of the cgroup views.
-    3. The root. Plain and read-only: the host's root as it is. Overlay: an overlayfs with
-       the host root as its lower layer and its upper layer on a tmpfs, the host's other
-       mounts bound into it. Rootfs: the directory, bound onto itself. Both then pivot_root
-       into the new root (chroot could be escaped; after pivot_root and detaching the old
-       root, no path leads back to the host's files).
-    4. A fresh /proc for the pid namespace, before the old root goes: in a user namespace
-       the kernel only allows it while a full procfs is visible in the mount namespace.
-    5. --rootfs: a minimal /dev (tmpfs with null, zero, full, random, urandom, tty bound
-       from the host's; /dev/fd and friends as links into /proc).
-    6. Detach the old root (umount2 MNT_DETACH): from here on the host root is gone.
-    7. The container's own cgroup shown read-only at /sys/fs/cgroup.
-    8. Read-only: every mount under / read-only (mount_setattr AT_RECURSIVE, or one remount
-       per mount before Linux 5.12), /proc included. /tmp (and /dev/shm) stay writable:
-    9. a private tmpfs on /tmp (and, read-only, on /dev/shm): writable, empty, gone with
-       the container.
-    10. Volumes: each host path bound on its container path (read-only when asked).
-    11. Lock (read-only root or read-only volume): copy the mount namespace into a child
-        user namespace and enter it, so the kernel locks each read-only flag: a later
-        remount read-write fails (EPERM) even for root inside. See lock_mounts().
+    2. Take what the container needs from the host while the host's tree is visible:
+       detached copies (open_tree) of volume sources and of the container's cgroup views.
+    3. The new root, a tmpfs on a staging tmpfs: the view's directories each a read-only
+       lower layer under a private writable one (overlayfs; --read-only: read-only binds),
+       the host's secrets in them masked, the container's own /etc files; or --rootfs's
+       directory as that lower layer. Then pivot_root into it (chroot could be escaped).
+    4. A fresh /proc for the pid namespace while the old root is visible (a user namespace
+       may mount one only then); its masked and read-only paths.
+    5. A minimal /dev (devices bound from the host's, a private devpts, /dev/shm, mqueue).
+    6. A fresh read-only sysfs of the container's network namespace, masked; the
+       container's own cgroup read-only at /sys/fs/cgroup.
+    7. Detach the old root (umount2 MNT_DETACH): from here on no path leads to the host.
+    8. Volumes: each host path bound on its container path (read-only when asked).
+    9. --read-only: the root itself read-only (/tmp, /dev/shm, /etc/hosts stay writable).
+    10. Lock (read-only root or read-only volume): copy the mount namespace into a child
+        user namespace and enter it, so the kernel locks each read-only flag.
 
     Each failure raises OSError naming its step and path.
-
-    What to know about each mode:
-    - read-only: /tmp and /dev/shm are private writable tmpfs mounts; everything else,
-      /proc included, is read-only and the flag is locked (11). Real root without a user
-      namespace can still mount the host's disk anew or write its block device.
-    - overlay: with real root, one overlay of the whole root. In a user namespace the
-      kernel refuses that (the root has locked mounts under it), so each top-level
-      directory is its own overlay: renames and hard links across them fail (EXDEV), and
-      changing a file below a directory owned by an id the namespace does not map (host
-      root's /var/tmp, /etc/ssl) fails with EOVERFLOW (overlayfs copies parents up with
-      their owners). New files in top-level directories and /tmp work.
-    - rootfs: a Python payload is a fork of a Python already running outside, so print()
-      works in a tree without Python, but importing a module it had not imported fails.
-      A shell payload runs the tree's /bin/sh.
     """
     warnings: list[str] = []
-    # 1. Without this, a fresh /proc mounted on a shared root (systemd's default) shows up on
-    #    the host. Needs CAP_SYS_ADMIN in the user namespace owning this mount namespace.
-    make_mounts_private()
-    if options.is_plain:
-        # The path every cell takes by default (and the warm pool): keep it short.
-        if options.proc:
-            warnings += filter(None, [mount_proc()])
-        if options.private_tmp:
-            mount_private_tmp()
-        if cgroup_directories:
-            warnings += filter(None, [mount_cgroup_views(cgroup_directories)])
-        return warnings
-    pivoted = bool(options.overlay or options.rootfs)
-    # 2. Volume sources and (rootfs) cgroup views, as detached mounts: the paths we would
-    #    bind them from are about to be covered (overlay staging on /tmp) or gone (pivot).
-    volumes = _take_volumes(options.volumes)
-    views = _take_cgroup_views(cgroup_directories) if options.rootfs else []
+    make_mounts_private()  # 1.
+    if options.root == "host":
+        return warnings + _host_root(options, cgroup_directories)
+    volumes = [_take_volume(v) for v in options.volumes]  # 2.
+    views = _take_cgroup_views(cgroup_directories)
     try:
-        # 3. The root.
-        if options.overlay:
-            _pivot_into(_build_overlay_root())
-        elif options.rootfs:
-            rootfs = os.path.realpath(options.rootfs)
-            with _step(f"binding the root directory {rootfs} onto itself (pivot_root needs "
-                       "a mount point)"):
-                syscalls.mount(rootfs, rootfs, None, syscalls.MS_BIND | syscalls.MS_REC)
-            _pivot_into(rootfs)
-        # 4. /proc, while the old root's procfs is still visible.
-        if options.proc:
-            if pivoted:
-                _ensure_directory("/proc", "the /proc mount point")
-            warnings += filter(None, [mount_proc()])
-        # 5. A root directory brings no devices of its own.
-        if options.rootfs:
-            _mount_minimal_dev()
-        # 6. The host root goes: after this, '..' from anywhere stops at the new root.
-        if pivoted:
-            _detach_old_root()
-        # 7. The container's cgroup, read-only, where /sys/fs/cgroup is.
-        if options.rootfs:
-            warnings += filter(None, [_attach_cgroup_views(views)])
-        elif cgroup_directories:
-            warnings += filter(None, [mount_cgroup_views(cgroup_directories)])
-        # 8. Read-only root: every mount, recursively (in a user namespace, mounts that the
-        #    host had read-only were already locked so; the rest are ours to set).
-        if options.read_only:
-            with _step("making the root and every mount under it read-only"):
-                make_read_only("/", recursive=True)
-        # 9. /tmp: a pivoted root has its tmpfs there already (it held the old root).
-        if options.private_tmp:
-            if not pivoted:
-                with _step("mounting a private tmpfs on /tmp"):
-                    mount_private_tmp()
-            elif options.read_only:
-                with _step("making the private /tmp writable"):
-                    make_writable("/tmp")
-        elif pivoted:
-            with _step("unmounting the staging tmpfs on /tmp"):
-                syscalls.umount("/tmp", syscalls.MNT_DETACH)
-        if options.read_only and os.path.isdir("/dev/shm"):
-            # POSIX shared memory and semaphores (multiprocessing) need a writable /dev/shm.
-            with _step("mounting a private tmpfs on /dev/shm"):
-                syscalls.mount("tmpfs", "/dev/shm", "tmpfs", syscalls.MS_NOSUID
-                               | syscalls.MS_NODEV, "mode=1777")
-        # 10. Volumes, after the read-only step so that read-write ones stay writable.
-        for volume in volumes:
-            _attach_volume(volume, pivoted, may_create=pivoted and not options.read_only,
+        root = _build_root(options)  # 3.
+        _pivot_into(root)
+        warnings += _mount_proc_masked(options)  # 4.
+        warnings += dev.mount_minimal_dev(OLD_ROOT + "/dev", options.ipc_namespace)  # 5.
+        warnings += _mount_sys(options, views)  # 6.
+        _detach_old_root()  # 7.
+        for volume in volumes:  # 8.
+            _attach_volume(volume, may_create=not options.read_only,
                            private_tmp=options.private_tmp)
+        if options.read_only:  # 9.
+            with step("making the root read-only"):
+                mountops.make_read_only("/", recursive=False)
     finally:
         for source in (*volumes, *views):
             source.close()
-    # 11. Lock the read-only flags against root inside.
-    if options.read_only or any(v.read_only for v in options.volumes):
+    if not options.private_tmp:
+        with step("unmounting the container's /tmp"):
+            syscalls.umount("/tmp", syscalls.MNT_DETACH)
+    if options.read_only or any(v.read_only for v in options.volumes):  # 10.
         warnings += filter(None, [lock_mounts()])
     return warnings
 
 
-@contextlib.contextmanager
-def _step(what: str) -> Iterator[None]:
-    """Re-raise an OSError with the step it happened in, so the user learns where."""
-    try:
-        yield
-    except OSError as error:
-        detail = error.strerror or str(error)
-        if error.filename and str(error.filename) not in detail:
-            detail += f": {error.filename}"
-        raise OSError(error.errno, f"{what}: {detail}") from error
+def set_host_name_files(hostname: str, address: str | None = None) -> None:
+    """Write the container's name into its own /etc/hostname and /etc/hosts (tmpfs files
+    bound over the root's), once the name is known; a root without them has none."""
+    for name, content in (("hostname", hostname + "\n"),
+                          ("hosts", etc.hosts_file(hostname, address))):
+        try:
+            with open(f"/etc/{name}", "r+") as handle:
+                handle.truncate()
+                handle.write(content)
+        except OSError:
+            pass
 
 
-# --- detached copies of host mounts ------------------------------------------------------
-
-
-@dataclass
-class _Source:
-    """A host path to mount later: a detached copy (open_tree) when the kernel has them."""
-
-    host: str
-    container: str
-    fd: int | None
-    is_directory: bool
-    read_only: bool = False
-    read_only_done: bool = False
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def _take_volumes(volumes: tuple[Volume, ...]) -> list[_Source]:
-    sources = []
-    try:
-        for volume in volumes:
-            host = os.path.realpath(volume.host)
-            with _step(f"opening the volume source {volume.host}"):
-                is_directory = os.path.isdir(host)
-                fd = _open_tree(host, recursive=True)  # the mounts under it come along
-                source = _Source(host, os.path.normpath(volume.container), fd, is_directory,
-                                 volume.read_only)
-                sources.append(source)
-                if volume.read_only and fd is not None:
-                    source.read_only_done = _set_attributes_on(fd, syscalls.MOUNT_ATTR_RDONLY)
-    except BaseException:
-        for source in sources:
-            source.close()
-        raise
-    return sources
-
-
-def _open_tree(path: str, recursive: bool) -> int | None:
-    try:
-        return syscalls.open_tree(path, recursive=recursive)
-    except OSError as error:
-        if error.errno == errno.ENOSYS:  # before Linux 5.2: bind by path instead
-            return None
-        raise
-
-
-def _set_attributes_on(fd: int, attributes: int) -> bool:
-    """Set mount attributes on a detached tree; False where mount_setattr is missing."""
-    try:
-        syscalls.mount_setattr("", attr_set=attributes, recursive=True, dirfd=fd)
-    except OSError as error:
-        if error.errno == errno.ENOSYS:
-            return False
-        raise
-    return True
-
-
-def _attach_volume(source: _Source, pivoted: bool, may_create: bool, private_tmp: bool) -> None:
-    target = source.container
-    mode = "read-only" if source.read_only else "read-write"
-    with _step(f"mounting the volume {source.host} on {target} ({mode})"):
-        if not os.path.lexists(target):
-            under_private_tmp = private_tmp and target.startswith("/tmp/")
-            if not (may_create or under_private_tmp):
-                raise OSError(errno.ENOENT, f"the container path {target} does not exist "
-                              "(create it first, or use --overlay or --rootfs, where mount "
-                              "points are created)")
-            _create_mount_point(target, source.is_directory)
-        if source.fd is not None:
-            syscalls.move_mount(source.fd, target)
-        elif not pivoted:
-            syscalls.mount(source.host, target, None, syscalls.MS_BIND | syscalls.MS_REC)
-        else:
-            raise OSError(errno.ENOSYS, "volumes in --overlay or --rootfs containers need "
-                          "Linux 5.2 or later (open_tree)")
-        if source.read_only and not source.read_only_done:
-            make_read_only(target, recursive=True)
-
-
-def _create_mount_point(path: str, is_directory: bool) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if is_directory:
-        os.mkdir(path)
+# --- 3. the new root ---------------------------------------------------------------------
+def _build_root(options: MountOptions) -> str:
+    """Assemble the container's root on the staging tmpfs; return its path (a mount)."""
+    with step(f"mounting the staging tmpfs on {STAGING}"):
+        mountops.mount_tmpfs(STAGING, 0o700)
+        with open(EMPTY, "w"):
+            pass
+        os.chmod(EMPTY, 0o444)
+    layers = _Layers(f"{STAGING}/layers", mountops.in_user_namespace())
+    root = f"{STAGING}/root"
+    os.mkdir(root, 0o755)
+    if options.root == "view":
+        with step(f"mounting the container's root tmpfs on {root}"):
+            # nodev: a device node made inside (CAP_MKNOD) does not open.
+            mountops.mount_tmpfs(root, 0o755)
+        _populate(root)
+        host = view.host_view()
+        for target, link in host.links:
+            os.symlink(link, root + target)
+        for directory in host.directories:
+            _show(directory, root + directory, layers, options.read_only)
+        _mask_secrets(root, host.masked)
+        # Bound, as Docker binds hostname, hosts and resolv.conf: through the view's
+        # layer a user-namespace root could not write files of the host's root.
+        _own_etc_files(root, etc.GENERATED)
     else:
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+        rootfs = os.path.realpath(options.root)
+        for point in ("proc", "dev", "sys", "tmp"):
+            if os.path.islink(os.path.join(rootfs, point)):
+                raise OSError(errno.ELOOP, f"{rootfs}/{point} is a symbolic link (the "
+                              "container's own is mounted there)")
+        _show(rootfs, root, layers, options.read_only)
+        if not options.read_only:
+            for point in ("proc", "dev", "sys", "tmp"):
+                os.makedirs(os.path.join(root, point), exist_ok=True)
+        _own_etc_files(root, etc.BOUND)
+    return root
 
 
-def _take_cgroup_views(directories: list[str]) -> list[_Source]:
-    """Detached read-only copies of the container's cgroup directories, for a rootfs."""
-    sources: list[_Source] = []
-    mount_points = _cgroup_mount_points()
-    for directory in directories:
-        target = max((m for m in mount_points if directory.startswith(m + "/")), key=len,
-                     default=None)
-        if target is None or not (target + "/").startswith("/sys/fs/cgroup/"):
-            continue
-        try:
-            fd = _open_tree(directory, recursive=False)
-        except OSError:
-            fd = None
-        if fd is None:
-            continue
-        source = _Source(directory, target, fd, True, True)
-        sources.append(source)
-        try:
-            _set_attributes_on(fd, syscalls.MOUNT_ATTR_RDONLY | syscalls.MOUNT_ATTR_NOSUID
-                               | syscalls.MOUNT_ATTR_NODEV | syscalls.MOUNT_ATTR_NOEXEC)
-        except OSError:
-            source.close()
-            sources.remove(source)
-    return sources
+def _populate(root: str) -> None:
+    """The directories a root has, empty and the container's own."""
+    for path, mode in view.EMPTY_DIRECTORIES.items():
+        target = root + path
+        if not os.path.lexists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.mkdir(target)
+            os.chmod(target, mode)
 
 
-def _attach_cgroup_views(views: list[_Source]) -> str | None:
-    """Mount the cgroup views in a rootfs, only where it has /sys/fs/cgroup."""
-    base = "/sys/fs/cgroup"
-    if not views or os.path.islink(base) or not os.path.isdir(base):
-        return None
-    try:
-        if all(view.container == base for view in views):  # cgroup v2: one hierarchy
-            syscalls.move_mount(views[0].fd, base)
-            return None
-        # cgroup v1: one directory per hierarchy, on a tmpfs so the rootfs is not written.
-        syscalls.mount("tmpfs", base, "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV
-                       | syscalls.MS_NOEXEC, "mode=0755")
-        for view in views:
-            target = view.container
+def _show(host: str, target: str, layers: _Layers, read_only: bool) -> None:
+    """host at target: read-only under a private writable layer, or read-only alone."""
+    _make_parents(host, target)
+    if read_only or not layers.can_name(host):
+        with step(f"binding {host} read-only into the container"):
             os.makedirs(target, exist_ok=True)
-            syscalls.move_mount(view.fd, target)
-        make_read_only(base, recursive=False)
-    except OSError as error:
-        return (f"the container's own view of its cgroup could not be mounted at {base} "
-                f"({error.strerror})")
-    return None
+            mountops.bind(host, target, read_only=True)
+        return
+    layers.mount(host, target)
 
 
-# --- a new root --------------------------------------------------------------------------
+def _make_parents(host: str, target: str) -> None:
+    """The directories above target, with the host's modes (so a shown /work/main/nsmagic
+    sits in a /work/main as listable as the host's)."""
+    missing = []
+    path, host_path = os.path.dirname(target), os.path.dirname(host)
+    while not os.path.isdir(path):
+        missing.append((path, host_path))
+        path, host_path = os.path.dirname(path), os.path.dirname(host_path)
+    for path, host_path in reversed(missing):
+        os.mkdir(path)
+        try:
+            os.chmod(path, os.stat(host_path).st_mode & 0o7777)
+        except OSError:
+            pass
+
+
+class _Layers:
+    """Overlay mounts whose upper and work directories live on the staging tmpfs."""
+
+    def __init__(self, base: str, in_user_namespace: bool) -> None:
+        self.base = base
+        # In a user namespace overlayfs keeps its own attributes in user.* xattrs.
+        self.extra = ",userxattr" if in_user_namespace else ""
+        self.count = 0
+
+    @staticmethod
+    def can_name(path: str) -> bool:
+        """Overlay options are comma separated: a path with one of these cannot be named."""
+        return not any(c in path for c in ",:\\")
+
+    def mount(self, lower: str, target: str) -> None:
+        layer = f"{self.base}/{self.count}"
+        self.count += 1
+        with step(f"mounting a private writable layer over {lower} on {target}"):
+            os.makedirs(f"{layer}/upper")
+            os.mkdir(f"{layer}/work")
+            os.makedirs(target, exist_ok=True)
+            syscalls.mount("overlay", target, "overlay", syscalls.MS_NOSUID | syscalls.MS_NODEV,
+                           f"lowerdir={lower},upperdir={layer}/upper,workdir={layer}/work"
+                           + self.extra)
+
+
+def _mask_secrets(root: str, paths: tuple[str, ...]) -> None:
+    """Hide the host's secrets in the view: an empty file over each, an empty read-only
+    tmpfs over each directory."""
+    for path in paths:
+        target = root + path
+        if not os.path.lexists(target) or os.path.islink(target):
+            continue
+        with step(f"masking the host's {path}"):
+            if os.path.isdir(target):
+                mountops.mount_tmpfs(target, 0o700, syscalls.MS_RDONLY | syscalls.MS_NOSUID
+                                     | syscalls.MS_NODEV | syscalls.MS_NOEXEC, size="4k")
+            else:
+                mountops.bind(EMPTY, target, read_only=True)
+
+
+def _own_etc_files(root: str, names: tuple[str, ...]) -> None:
+    """The container's own /etc files, each a tmpfs file bound over the root's."""
+    directory = f"{STAGING}/etc"
+    os.makedirs(directory, exist_ok=True)
+    for name in names:
+        target = f"{root}/etc/{name}"
+        if not os.path.isdir(f"{root}/etc") or os.path.islink(target):
+            continue
+        if not os.path.exists(target):
+            try:
+                mountops.create_mount_point(target, is_directory=False)
+            except OSError:
+                continue  # a read-only /etc without this file: the container has none
+        source = f"{directory}/{name}"
+        with open(source, "w") as handle:
+            handle.write(etc.generate(name))
+        with step(f"binding the container's own /etc/{name}"):
+            mountops.bind(source, target)
 
 
 def _pivot_into(new_root: str) -> None:
@@ -345,246 +264,148 @@ def _pivot_into(new_root: str) -> None:
     old root is detached there is nothing above the new root to escape to.
     """
     tmp = os.path.join(new_root, "tmp")
-    with _step(f"mounting a tmpfs on {tmp} (the container's /tmp; it holds the old root "
-               "during the pivot)"):
+    with step(f"mounting a tmpfs on {tmp} (the container's /tmp; it holds the old root "
+              "during the pivot)"):
         if os.path.islink(tmp):
             raise OSError(errno.ELOOP, f"{tmp} is a symbolic link")
         if not os.path.isdir(tmp):
             os.mkdir(tmp)
-            os.chmod(tmp, 0o1777)
-        syscalls.mount("tmpfs", tmp, "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV,
-                       "mode=1777")
+        mountops.mount_tmpfs(tmp, 0o1777)
         os.mkdir(os.path.join(tmp, os.path.basename(OLD_ROOT)), 0o700)
-    with _step(f"pivot_root into {new_root}"):
+    with step(f"pivot_root into {new_root}"):
         syscalls.pivot_root(new_root, new_root + OLD_ROOT)
         os.chdir("/")
 
 
 def _detach_old_root() -> None:
-    with _step(f"detaching the old root at {OLD_ROOT}"):
+    with step(f"detaching the old root at {OLD_ROOT}"):
         # MNT_DETACH: the old root's mounts are busy (open files of the host), so unhook the
         # whole tree now; the kernel frees it when the last reference goes.
         syscalls.umount(OLD_ROOT, syscalls.MNT_DETACH)
         os.rmdir(OLD_ROOT)
 
 
-def _ensure_directory(path: str, what: str) -> None:
-    with _step(f"creating {what} {path}"):
-        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
-            raise OSError(errno.ENOTDIR, f"{path} exists and is not a directory")
-        if not os.path.isdir(path):
-            os.mkdir(path, 0o755)
+# --- 4. /proc ------------------------------------------------------------------------------
+def _mount_proc_masked(options: MountOptions) -> list[str]:
+    """A procfs of the container's pid namespace (without one, of the host's: the same
+    processes the host's /proc shows), masked."""
+    mountops.ensure_directory("/proc", "the /proc mount point")
+    warning = mount_proc()
+    if warning is not None:
+        # Refused (a masked host /proc, or a pid namespace we do not own): the host's.
+        with step("binding the host's /proc"):
+            mountops.bind(OLD_ROOT + "/proc", "/proc", recursive=True)
+    masks.apply(OLD_ROOT + EMPTY, under="/proc")
+    return [warning] if warning and options.proc else []
 
 
-def _mount_minimal_dev() -> None:
-    """A tmpfs /dev with the harmless devices bound from the host's (bind, not mknod: device
-    nodes made in a user namespace do not work, bound ones do)."""
-    _ensure_directory("/dev", "the /dev mount point")
-    with _step("mounting a tmpfs on /dev"):
-        syscalls.mount("tmpfs", "/dev", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
-                       "mode=0755")
-    for name in DEVICES:
-        source = f"{OLD_ROOT}/dev/{name}"
-        if not os.path.exists(source):
-            continue
-        with _step(f"binding the host's /dev/{name} into the container"):
-            _create_mount_point(f"/dev/{name}", is_directory=False)
-            syscalls.mount(source, f"/dev/{name}", None, syscalls.MS_BIND)
-    with _step("populating /dev"):
-        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
-            os.symlink(target, f"/dev/{name}")
-        os.mkdir("/dev/shm")
-        os.chmod("/dev/shm", 0o1777)
-
-
-@dataclass(frozen=True)
-class _Mount:
-    id: int
-    parent: int
-    point: str
-    fstype: str
-
-
-def _mountinfo() -> list[_Mount]:
-    found = []
-    with open("/proc/self/mountinfo") as handle:
-        for line in handle:
-            fields = line.split()
-            separator = fields.index("-")
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-            found.append(_Mount(int(fields[0]), int(fields[1]), point, fields[separator + 1]))
-    return found
-
-
-def _in_user_namespace() -> bool:
-    with open("/proc/self/uid_map") as handle:
-        return handle.read().split() != ["0", "0", "4294967295"]
-
-
-def _build_overlay_root() -> str:
-    """Assemble the overlay root on a staging tmpfs; return its path (a mount point).
-
-    One overlayfs with the whole host root as its lower layer where the kernel allows it
-    (real root). In a user namespace it does not: overlayfs refuses a lower layer with
-    mounts under it that the namespace cannot see past ("locked" mounts: /proc, /sys, /dev
-    are), so the root is a tmpfs and each top-level directory its own overlay (recursing
-    into directories that hold mounts), with the host's mounts bound in between.
-    """
-    mounts = _mountinfo()
-    root_id = [m for m in mounts if m.point == "/"][-1].id
-    with _step(f"mounting the overlay's staging tmpfs on {STAGING}"):
-        syscalls.mount("tmpfs", STAGING, "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV,
-                       "mode=0700")
-        new_root = f"{STAGING}/root"
-        os.mkdir(new_root)
-    layers = _Layers(f"{STAGING}/layers", ",userxattr" if _in_user_namespace() else "")
+# --- 6. /sys ---------------------------------------------------------------------------------
+def _mount_sys(options: MountOptions, views: list[Detached]) -> list[str]:
+    warnings: list[str] = []
+    mountops.ensure_directory("/sys", "the /sys mount point")
+    flags = syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
     try:
-        layers.mount("/", new_root)
+        if not options.own_network:
+            raise OSError(errno.EPERM, "no network namespace of its own")
+        syscalls.mount("sysfs", "/sys", "sysfs", flags)
     except OSError as error:
-        if error.errno != errno.EINVAL:
-            raise
-    else:
-        # The host's other mounts (/dev, /sys, ...), each with everything mounted under it.
-        for mount in mounts:
-            if mount.parent == root_id and mount.point != "/" and not _replaced(mount.point):
-                with _step(f"binding the host's {mount.point} into the overlay root"):
-                    syscalls.mount(mount.point, new_root + mount.point, None,
-                                   syscalls.MS_BIND | syscalls.MS_REC)
-        return new_root
-    with _step(f"mounting a tmpfs for the overlay root on {new_root}"):
-        syscalls.mount("tmpfs", new_root, "tmpfs", 0, "mode=0755")
-    points = {m.point for m in mounts if m.point != "/"} | {STAGING}
-    _overlay_tree("/", new_root, points, layers)
-    return new_root
+        # A fresh sysfs shows the mounter's network namespace, so the kernel allows it only
+        # to the owner of that namespace: with the host's network, the host's sysfs.
+        with step("binding the host's /sys read-only"):
+            mountops.bind(OLD_ROOT + "/sys", "/sys", recursive=True, read_only=True)
+        warnings.append(f"/sys is the host's, read-only ({error.strerror}): it lists the "
+                        "host's network interfaces and devices")
+    masks.apply(OLD_ROOT + EMPTY, under="/sys")
+    warnings += filter(None, [_attach_cgroup_views(views)])
+    return warnings
 
 
-def _replaced(path: str) -> bool:
-    """Paths the container gets fresh (/proc, /tmp), so the host's are not bound in."""
-    return any(path == p or path.startswith(p + "/") for p in ("/proc", STAGING))
-
-
-class _Layers:
-    """Overlay mounts with their upper and work directories on the staging tmpfs."""
-
-    def __init__(self, base: str, extra_options: str) -> None:
-        self.base = base
-        self.extra_options = extra_options
-        self.count = 0
-
-    def mount(self, lower: str, target: str) -> None:
-        layer = f"{self.base}/{self.count}"
-        self.count += 1
-        with _step(f"mounting an overlay of {lower} on {target}"):
-            os.makedirs(f"{layer}/upper")
-            os.mkdir(f"{layer}/work")
-            syscalls.mount("overlay", target, "overlay", 0,
-                           f"lowerdir={lower},upperdir={layer}/upper,workdir={layer}/work"
-                           + self.extra_options)
-
-
-def _overlay_tree(host_dir: str, new_dir: str, points: set[str], layers: _Layers) -> None:
-    """Recreate host_dir's entries in new_dir: directories as overlays, mount points bound."""
-    for name in sorted(os.listdir(host_dir)):
-        source = os.path.join(host_dir, name)
-        target = os.path.join(new_dir, name)
-        status = os.lstat(source)
-        if stat.S_ISLNK(status.st_mode):
-            os.symlink(os.readlink(source), target)
+def _take_cgroup_views(directories: list[str]) -> list[Detached]:
+    """Detached read-only copies of the container's cgroup directories, each to be shown
+    where its hierarchy is mounted on the host (/sys/fs/cgroup[/controller])."""
+    views: list[Detached] = []
+    mount_points = mountops.cgroup_mount_points()
+    for directory in directories:
+        target = max((m for m in mount_points if directory.startswith(m + "/")), key=len,
+                     default=None)
+        if target is None or not (target + "/").startswith("/sys/fs/cgroup/"):
             continue
-        if stat.S_ISDIR(status.st_mode):
-            os.mkdir(target)
-            _copy_owner_and_mode(status, target)
-            if _replaced(source):
-                continue  # a mount point only: a fresh /proc, a private /tmp come later
-            if source in points:
-                with _step(f"binding the host's {source} into the overlay root"):
-                    syscalls.mount(source, target, None, syscalls.MS_BIND | syscalls.MS_REC)
-            elif any(p.startswith(source + "/") for p in points):
-                _overlay_tree(source, target, points, layers)
-            elif re.search(r"[,:\\]", source):  # overlayfs options cannot name it
-                _bind_read_only(source, target)
-            else:
-                layers.mount(source, target)
+        try:
+            views.append(Detached.take(
+                directory, target, recursive=False, read_only=True,
+                attributes=syscalls.MOUNT_ATTR_NOSUID | syscalls.MOUNT_ATTR_NODEV
+                | syscalls.MOUNT_ATTR_NOEXEC))
+        except OSError:
             continue
-        if stat.S_ISREG(status.st_mode) and source not in points \
-                and status.st_size <= _COPY_LIMIT:
-            with _step(f"copying {source} into the overlay root"):
-                shutil.copyfile(source, target, follow_symlinks=False)
-                _copy_owner_and_mode(status, target)
-            continue
-        _create_mount_point(target, is_directory=False)  # big files, devices, sockets
-        if source in points:
-            with _step(f"binding the host's {source} into the overlay root"):
-                syscalls.mount(source, target, None, syscalls.MS_BIND | syscalls.MS_REC)
-        else:
-            _bind_read_only(source, target)
+    return views
 
 
-def _bind_read_only(source: str, target: str) -> None:
-    with _step(f"binding {source} read-only into the overlay root"):
-        syscalls.mount(source, target, None, syscalls.MS_BIND)
-        make_read_only(target, recursive=False)
-
-
-def _copy_owner_and_mode(status: os.stat_result, path: str) -> None:
+def _attach_cgroup_views(views: list[Detached]) -> str | None:
+    """The container's own cgroup, read-only, at /sys/fs/cgroup; nothing else of cgroupfs."""
+    base = "/sys/fs/cgroup"
+    if not views:
+        return None
     try:
-        os.chown(path, status.st_uid, status.st_gid)
-    except OSError:
-        pass  # an owner with no id inside this user namespace: keep ours
-    os.chmod(path, stat.S_IMODE(status.st_mode))
-
-
-# --- read-only mounts and their lock -----------------------------------------------------
-
-
-def make_read_only(path: str, recursive: bool) -> None:
-    """Make the mount at path (and, recursive, every mount under it) read-only.
-
-    mount_setattr(2) does a whole tree atomically (Linux 5.12+); before that, one bind
-    remount per mount listed in /proc/self/mountinfo (mounts hidden under others missed).
-    """
-    try:
-        syscalls.mount_setattr(path, attr_set=syscalls.MOUNT_ATTR_RDONLY, recursive=recursive)
-        return
+        # A tmpfs, so the (read-only) sysfs is not written and no host group shows.
+        mountops.mount_tmpfs(base, 0o755, syscalls.MS_NOSUID | syscalls.MS_NODEV
+                             | syscalls.MS_NOEXEC, size="4k")
+        for source in views:
+            os.makedirs(source.target, exist_ok=True)
+            source.attach(OLD_ROOT)
+        mountops.make_read_only(base, recursive=False)
     except OSError as error:
-        if error.errno != errno.ENOSYS:
-            raise
-    points = [path]
-    if recursive:
-        prefix = path.rstrip("/") + "/"
-        points += [m.point for m in _mountinfo() if m.point.startswith(prefix)]
-    for point in dict.fromkeys(points):
-        _remount(point, syscalls.MS_RDONLY)
+        return (f"the container's own view of its cgroup could not be mounted at {base} "
+                f"({error.strerror})")
+    return None
 
 
-def make_writable(path: str) -> None:
-    """Clear the read-only flag of the one mount at path (one we mounted ourselves)."""
-    try:
-        syscalls.mount_setattr(path, attr_clr=syscalls.MOUNT_ATTR_RDONLY)
-        return
-    except OSError as error:
-        if error.errno != errno.ENOSYS:
-            raise
-    _remount(path, 0)
+# --- 8. volumes ----------------------------------------------------------------------------
+def _take_volume(volume: Volume) -> Detached:
+    host = os.path.realpath(volume.host)
+    with step(f"opening the volume source {volume.host}"):
+        return Detached.take(host, os.path.normpath(volume.container), recursive=True,
+                             read_only=volume.read_only)
 
 
-def _remount(path: str, extra: int) -> None:
-    # A bind remount replaces all per-mount flags: keep nosuid/nodev/noexec/atime ones, or a
-    # user namespace gets EPERM for trying to clear flags the host locked.
-    kept = 0
-    flags = os.statvfs(path).f_flag
-    for st_flag, ms_flag in ((os.ST_NOSUID, syscalls.MS_NOSUID),
-                             (os.ST_NODEV, syscalls.MS_NODEV),
-                             (os.ST_NOEXEC, syscalls.MS_NOEXEC),
-                             (os.ST_NOATIME, 1024), (os.ST_NODIRATIME, 2048),
-                             (os.ST_RELATIME, 1 << 21)):
-        if flags & st_flag:
-            kept |= ms_flag
-    syscalls.mount(None, path, None,
-                   syscalls.MS_BIND | syscalls.MS_REMOUNT | kept | extra)
+def _attach_volume(source: Detached, may_create: bool, private_tmp: bool) -> None:
+    target = source.target
+    mode = "read-only" if source.read_only else "read-write"
+    with step(f"mounting the volume {source.host} on {target} ({mode})"):
+        if not os.path.lexists(target):
+            under_private_tmp = private_tmp and target.startswith("/tmp/")
+            if not (may_create or under_private_tmp):
+                raise OSError(errno.ENOENT, f"the container path {target} does not exist "
+                              "in the read-only root (mount it under /tmp, or drop "
+                              "--read-only)")
+            mountops.create_mount_point(target, source.is_directory)
+        if source.fd is None:
+            raise OSError(errno.ENOSYS, "volumes need Linux 5.2 or later (open_tree)")
+        source.attach()
+        if source.read_only:
+            mountops.make_read_only(target, recursive=True)
 
 
+# --- --host-root: the host's root as it is ---------------------------------------------------
+def _host_root(options: MountOptions, cgroup_directories: list[str]) -> list[str]:
+    """The old, unprotected world (only when asked for loudly): the host's root, read-write,
+    with the container's own /proc and /tmp and its cgroup shown read-only."""
+    warnings: list[str] = []
+    if options.proc:
+        warnings += filter(None, [mount_proc()])
+    if options.private_tmp:
+        mount_private_tmp()
+    if cgroup_directories:
+        warnings += filter(None, [mount_cgroup_views(cgroup_directories)])
+    for volume in options.volumes:
+        source = _take_volume(volume)
+        try:
+            _attach_volume(source, may_create=False, private_tmp=options.private_tmp)
+        finally:
+            source.close()
+    return warnings
+
+
+# --- the lock on read-only mounts ----------------------------------------------------------
 def lock_mounts() -> str | None:
     """Lock the read-only flags of every mount: root inside can no longer clear them.
 
@@ -593,12 +414,9 @@ def lock_mounts() -> str | None:
     privileged user namespace. So a helper child creates a user namespace and a copy of
     this mount namespace in it, and we enter that copy (setns) while staying in our own
     user namespace, whose root is the helper namespace's owner and keeps its
-    capabilities there (to mount a tmpfs, say) -- but not past the locks, which hold
-    against every process. The helper costs one pid (the payload is pid 3, not 2).
-
-    What this does not stop: real root (no user namespace) can mount the host's disk
-    again or write its block device; only dropping capabilities closes that. Returns a
-    warning instead of failing where user namespaces are not allowed.
+    capabilities there -- but not past the locks, which hold against every process. The
+    helper costs one pid. Returns a warning instead of failing where user namespaces are
+    not allowed.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
@@ -621,7 +439,7 @@ def lock_mounts() -> str | None:
             return ("read-only mounts are not locked: root inside the container could "
                     "remount them read-write (creating a user namespace to lock them failed: "
                     f"{answer.decode(errors='replace') or 'helper died'})")
-        with _step("entering the locked copy of the mount namespace"):
+        with step("entering the locked copy of the mount namespace"):
             try:
                 syscalls.setns(fds[0], syscalls.CLONE_NEWNS)
             finally:
@@ -633,9 +451,7 @@ def lock_mounts() -> str | None:
     return None
 
 
-# --- the plain container's pieces --------------------------------------------------------
-
-
+# --- pieces shared with the doctor's probe ---------------------------------------------------
 def make_mounts_private() -> None:
     """Stop mount events propagating between the container and the host, both ways.
 
@@ -666,22 +482,14 @@ def mount_proc() -> str | None:
 
 def mount_private_tmp() -> None:
     """Give the container an empty /tmp of its own that vanishes with it."""
-    syscalls.mount("tmpfs", "/tmp", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV,
-                   "mode=1777")
+    mountops.mount_tmpfs("/tmp", 0o1777)
 
 
 def mount_cgroup_views(group_directories: list[str]) -> str | None:
-    """Show the container its own cgroup, read-only, where the host's hierarchies are.
-
-    Each of the container's cgroup directories is bind-mounted over the mount point of its
-    hierarchy, so `/sys/fs/cgroup/memory/memory.limit_in_bytes` (v1) or
-    `/sys/fs/cgroup/memory.max` (v2) reads the container's own limits, as in Docker.
-    Read-only, as in Docker: root inside must not raise its own limits. (A fresh cgroup
-    mount in the cgroup namespace would do the same, but the kernel refuses to mount an
-    existing v1 hierarchy again here, EBUSY.) Returns a warning when it cannot.
-    """
-    mount_points = _cgroup_mount_points()
+    """With the host's root: show the container its own cgroup, read-only, over the host's
+    hierarchies (bind mounts; the kernel refuses to mount an existing v1 hierarchy again)."""
     failed = []
+    mount_points = mountops.cgroup_mount_points()
     for directory in group_directories:
         target = max((m for m in mount_points if directory.startswith(m + "/")), key=len,
                      default=None)
@@ -698,14 +506,3 @@ def mount_cgroup_views(group_directories: list[str]) -> str | None:
         return ("the container's own view of its cgroup could not be mounted at "
                 + ", ".join(failed) + "; /sys/fs/cgroup there shows the host's groups")
     return None
-
-
-def _cgroup_mount_points() -> list[str]:
-    found = []
-    with open("/proc/self/mountinfo") as handle:
-        for line in handle:
-            fields = line.split()
-            fstype = fields[fields.index("-") + 1]
-            if fstype in ("cgroup", "cgroup2"):
-                found.append(fields[4])
-    return found

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -17,9 +19,8 @@ DEFAULT_NAMESPACES = frozenset({"pid", "uts", "ipc", "net", "mount", "cgroup"})
 ALL_NAMESPACES = frozenset(NAMESPACE_FLAGS)
 _HOSTNAME_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-# Variables that belong to the notebook server, not to a container: MPLBACKEND would point
-# matplotlib inside the container at the kernel's inline backend.
-_HOST_ONLY_ENV = ("JPY_", "JUPYTER_", "MPLBACKEND", "PYDEVD_", "VSCODE_", "KERNEL_")
+# Docker's PATH for a container whose image sets none.
+DOCKER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def validate_hostname(hostname: str) -> str:
@@ -45,9 +46,19 @@ def validate_name(name: str, what: str = "container name") -> str:
     return name
 
 
-def container_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment a container starts with: the host's, less the notebook server's own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_HOST_ONLY_ENV)}
+def container_environment(spec: ContainerSpec, extra: dict[str, str] | None = None
+                          ) -> dict[str, str]:
+    """The environment a container starts with, as Docker's: PATH (the notebook's Python
+    environment first), HOSTNAME, HOME, TERM and LANG where the host sets them, and the
+    --env variables; never the rest of the notebook's environment (its secrets included)."""
+    python_bin = os.path.dirname(sys.executable)
+    path = DOCKER_PATH if python_bin in DOCKER_PATH.split(":") else f"{python_bin}:{DOCKER_PATH}"
+    isolated = "user" in spec.namespaces or "mount" in spec.namespaces
+    env = {"PATH": path,
+           "HOSTNAME": spec.effective_hostname if "uts" in spec.namespaces
+           else socket.gethostname(),
+           "HOME": "/root" if isolated else os.environ.get("HOME", "/")}
+    env.update({k: os.environ[k] for k in ("TERM", "LANG") if k in os.environ})
     env.update(extra or {})
     return env
 
@@ -63,9 +74,10 @@ class ContainerSpec:
     cwd: str = "/"
     mount_proc: bool = True
     private_tmp: bool = True
-    read_only: bool = False
-    overlay: bool = False
+    read_only: bool = False  # no writable layer: the root read-only
+    overlay: bool = False  # the private writable layer, which every root has by default
     rootfs: str | None = None
+    host_root: bool = False  # the host's root as it is, read-write (loudly)
     volumes: tuple[Volume, ...] = ()
     uid_outside: int | None = None  # who root inside is on the host (user namespace only)
     gid_outside: int | None = None
@@ -73,13 +85,16 @@ class ContainerSpec:
     cgroup: str | None = None  # run in this existing nsmagic cgroup instead of a fresh one
     net: str = "none"  # none (own namespace, lo), bridge, host, or container:NAME (shared)
     privileged: bool = False  # keep every capability and allow privilege gains (loudly)
+    seccomp: bool = True  # the default seccomp filter (--security-opt seccomp=unconfined: off)
     container_id: str = field(default_factory=lambda: os.urandom(6).hex())
 
     def mount_options(self) -> MountOptions:
         """The mount namespace's shape, for the isolation layer."""
-        return MountOptions(proc=self.mount_proc, private_tmp=self.private_tmp,
-                            read_only=self.read_only, overlay=self.overlay, rootfs=self.rootfs,
-                            volumes=self.volumes)
+        root = "host" if self.host_root else (self.rootfs or "view")
+        return MountOptions(root=root, read_only=self.read_only, proc=self.mount_proc,
+                            private_tmp=self.private_tmp, volumes=self.volumes,
+                            own_network="net" in self.namespaces,
+                            ipc_namespace="ipc" in self.namespaces)
 
     @property
     def effective_hostname(self) -> str:
@@ -103,6 +118,8 @@ class ContainerSpec:
         volumes: list[str] | tuple[Volume, ...] = (),
         net: str | None = None,
         privileged: bool = False,
+        host_root: bool = False,
+        seccomp: bool = True,
         is_root: bool | None = None,
     ) -> ContainerSpec:
         """Validate options into a spec; userns=None means 'only when not root'."""
@@ -151,12 +168,16 @@ class ContainerSpec:
                     "%cgroup set: drop the limit options."
                 )
         volume_list = tuple(v if isinstance(v, Volume) else parse_volume(v) for v in volumes)
-        if (read_only or overlay or rootfs or volume_list) and "mount" not in chosen:
-            raise SpecError("--read-only, --overlay, --rootfs and --volume need a private mount "
-                            "namespace: drop --no-mount.")
+        if (read_only or overlay or rootfs or volume_list or host_root) \
+                and "mount" not in chosen:
+            raise SpecError("--read-only, --overlay, --rootfs, --host-root and --volume need "
+                            "a private mount namespace: drop --no-mount.")
         if read_only and overlay:
             raise SpecError("--read-only and --overlay contradict each other: the overlay "
-                            "is a writable root; give one.")
+                            "is a writable layer; give one.")
+        if host_root and (read_only or overlay or rootfs):
+            raise SpecError("--host-root shows the host's own root, read-write: it takes no "
+                            "--read-only, --overlay or --rootfs.")
         if rootfs is not None:
             rootfs = os.path.abspath(rootfs)
             if not os.path.isdir(rootfs):
@@ -165,7 +186,7 @@ class ContainerSpec:
             namespaces=frozenset(chosen),
             hostname=hostname,
             limits=limits or Limits(),
-            env=container_environment(env),
+            env=env or {},
             cwd=cwd or os.getcwd(),
             mount_proc="pid" in chosen and "mount" in chosen,
             private_tmp="mount" in chosen,
@@ -173,11 +194,14 @@ class ContainerSpec:
             cgroup=cgroup,
             net=net,
             privileged=privileged,
+            seccomp=seccomp and not privileged,
             read_only=read_only,
             overlay=overlay,
             rootfs=rootfs,
+            host_root=host_root or "mount" not in chosen,
             volumes=volume_list,
         )
+        spec = replace(spec, env=container_environment(spec, env))
         if userns:
             spec = replace(spec, uid_outside=os.geteuid() if not is_root else 65534,
                            gid_outside=os.getegid() if not is_root else 65534)
@@ -212,6 +236,7 @@ def matches_warm_profile(spec: ContainerSpec) -> bool:
     profile = warm_profile()
     return (os.geteuid() == 0 and spec.namespaces == profile.namespaces and spec.net == "none"
             and not spec.privileged  # warm processes have dropped their bounding set
+            and spec.seccomp == profile.seccomp
             and spec.mount_proc == profile.mount_proc
             and spec.private_tmp == profile.private_tmp and spec.cgroup is None
             and spec.mount_options() == profile.mount_options())

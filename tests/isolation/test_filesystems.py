@@ -1,6 +1,7 @@
-"""Filesystem modes, proved against the real kernel: read-only root, overlay root, a rootfs
-directory (busybox) and volumes. Every test also runs rootless (as nobody, through a user
-namespace) except the ones marked root."""
+"""Filesystem modes, proved against the real kernel: the default root (a read-only view of
+the host's userland under a private writable layer), --read-only, --rootfs (busybox),
+--host-root (the positive control: the host's own files) and volumes. Every test also runs
+rootless (as nobody, through a user namespace) except the ones marked root."""
 
 from __future__ import annotations
 
@@ -94,19 +95,18 @@ def attempt(path):
 
 
 @USERNS
-def test_read_only_root_refuses_writes_but_tmp_stays_writable(host_file, userns):
+def test_read_only_root_refuses_writes_but_tmp_stays_writable(userns):
     out = run_ok(WRITE_PROBE + (
-        f"for path in ('/etc/nsmagic-test', '/var/tmp/nsmagic-new', {host_file!r},"
-        " '/tmp/scratch', '/dev/shm/scratch', '/dev/null'):\n"
+        "for path in ('/etc/nsmagic-test', '/var/tmp/nsmagic-new', '/nsmagic-top-level',"
+        " '/usr/nsmagic-new', '/tmp/scratch', '/dev/shm/scratch', '/dev/null'):\n"
         "    print(path, attempt(path))\n"
         "print(open('/tmp/scratch').read())\n"
     ), read_only=True, userns=userns)
     lines = out.splitlines()
-    assert lines[:3] == ["/etc/nsmagic-test EROFS", "/var/tmp/nsmagic-new EROFS",
-                         f"{host_file} EROFS"]
-    assert lines[3:] == ["/tmp/scratch ok", "/dev/shm/scratch ok", "/dev/null ok",
+    assert lines[:4] == ["/etc/nsmagic-test EROFS", "/var/tmp/nsmagic-new EROFS",
+                         "/nsmagic-top-level EROFS", "/usr/nsmagic-new EROFS"]
+    assert lines[4:] == ["/tmp/scratch ok", "/dev/shm/scratch ok", "/dev/null ok",
                          "written inside"]
-    assert open(host_file).read() == "host\n"
     assert not os.path.exists("/etc/nsmagic-test")
 
 
@@ -148,85 +148,90 @@ def test_read_only_payload_cannot_mount_but_a_privileged_one_can():
 
 
 @root_only
-def test_read_only_container_sees_its_cgroup():
+def test_a_read_only_container_sees_its_cgroup():
     out = run_ok("print(open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read())",
                  read_only=True, memory="64M")
     assert out.strip() == str(64 << 20)
 
 
-# --- overlay -----------------------------------------------------------------------------
-
-
-def _owned_by_container_root(path: str, userns: bool | None) -> None:
-    """Give path to the host uid that root inside maps to, so a user-namespace container can
-    copy it up (see test_overlay_in_a_user_namespace_cannot_change_unmapped_files)."""
-    if userns and IS_ROOT:
-        os.chown(path, 65534, 65534)
+# --- the default root: a view of the host's userland, a private writable layer -------------
 
 
 @USERNS
-def test_overlay_writes_succeed_inside_and_vanish(userns):
+def test_writes_anywhere_in_the_default_root_succeed_inside_and_vanish(userns):
     out = run_ok(
         "open('/etc/nsmagic-test', 'w').write('new')\n"
         "open('/nsmagic-top-level', 'w').write('x')\n"
+        "open('/root/notes', 'w').write('y')\n"
         "print(open('/etc/nsmagic-test').read(), open('/nsmagic-top-level').read())\n",
-        overlay=True, userns=userns)
+        userns=userns)
     assert out.split() == ["new", "x"]
     assert not os.path.exists("/etc/nsmagic-test")
     assert not os.path.exists("/nsmagic-top-level")
-    # The next container starts from the host's files again.
-    out = run_ok("import os\nprint(os.path.exists('/etc/nsmagic-test'))", overlay=True,
-                 userns=userns)
-    assert out.strip() == "False"
+    # The next container starts from the view again.
+    out = run_ok("import os\nprint(os.path.exists('/etc/nsmagic-test'), "
+                 "os.path.exists('/root/notes'))", userns=userns)
+    assert out.split() == ["False", "False"]
 
 
 @root_only
-def test_overlay_changes_to_host_files_stay_inside(host_file):
-    out = run_ok(f"open({host_file!r}, 'w').write('changed')\n"
-                 f"print(open({host_file!r}).read())", overlay=True)
-    assert out.strip() == "changed"
-    assert open(host_file).read() == "host\n"
-    out = run_ok(f"print(open({host_file!r}).read())", overlay=True)
-    assert out.strip() == "host"
+def test_changes_to_nsmagic_and_its_interpreter_stay_inside():
+    # What later containers and kernels run is read-only underneath: a cell that rewrites
+    # nsmagic's own code changes only its own layer.
+    package = os.path.dirname(nsmagic.__file__)
+    marker = "# written by a container\n"
+    out = run_ok(f"open({package + '/__init__.py'!r}, 'a').write({marker!r})\n"
+                 f"print(open({package + '/__init__.py'!r}).read().endswith({marker!r}))")
+    assert out.strip() == "True"
+    with open(os.path.join(package, "__init__.py")) as handle:
+        assert not handle.read().endswith(marker)
 
 
-@root_only
-def test_overlay_as_real_root_can_delete_and_rename_across_directories():
-    # One overlay over the whole root (real root only): renames across directories work.
-    out = run_ok("import os\nos.unlink('/etc/passwd')\nos.rename('/etc/group', '/var/group')\n"
-                 "print(os.path.exists('/etc/passwd'), os.path.exists('/var/group'))",
-                 overlay=True)
-    assert out.split() == ["False", "True"]
-    assert os.path.exists("/etc/passwd") and os.path.exists("/etc/group")
-    assert not os.path.exists("/var/group")
+def test_the_default_root_shows_the_interpreter_but_not_the_hosts_files(host_file):
+    out = run_ok(
+        "import os, sys, wave\n"  # an import the fork server had not made: from the view
+        f"print(os.path.exists({host_file!r}), os.listdir('/var'), os.listdir('/home'),"
+        " os.listdir('/root'), os.listdir('/run'), os.path.isdir(sys.prefix))\n")
+    assert out.split() == ["False", "['tmp']", "[]", "[]", "[]", "True"]
 
 
-def test_overlay_in_a_user_namespace_cannot_change_files_under_unmapped_directories(
-        host_file):
-    # A known limit, asserted so that it is noticed if it changes: overlayfs copies a file
-    # up together with its parent directories, each with its owner, and host root's
-    # directories (/var, /var/tmp, ...) have no owner id inside a single-id user namespace:
-    # EOVERFLOW. New files in top-level directories (whose upper layer we own) work.
-    _owned_by_container_root(host_file, True)
-    out = run_ok(WRITE_PROBE + f"print(attempt({host_file!r}))", overlay=True, userns=True)
-    assert out.strip() == "EOVERFLOW"
-    assert open(host_file).read() == "host\n"
+def test_renames_within_a_shown_directory_work_and_across_them_say_exdev():
+    # Each shown directory is a mount of its own: renames inside one work; across two they
+    # fail with EXDEV, which mv and shutil.move answer by copying.
+    out = run_ok("import os, errno, shutil\n"
+                 "os.rename('/etc/os-release', '/etc/os-release.old')\n"
+                 "try:\n    os.rename('/etc/os-release.old', '/var/os-release')\n"
+                 "except OSError as error:\n    print(errno.errorcode[error.errno])\n"
+                 "shutil.move('/etc/os-release.old', '/var/os-release')\n"
+                 "print(os.path.exists('/etc/os-release'), os.path.exists('/var/os-release'))")
+    assert out.split() == ["EXDEV", "False", "True"]
+    assert os.path.exists("/etc/os-release")
 
 
-def test_overlay_keeps_the_hosts_mounts_and_a_fresh_proc_and_tmp():
+def test_root_in_a_single_id_user_namespace_cannot_change_files_of_unmapped_owners():
+    # A known limit, asserted so that it is noticed if it changes: host root's files and
+    # directories have no owner inside a user namespace that maps one id, so root inside
+    # is "others" to them and capabilities do not apply: EACCES. New files in the root's
+    # own directories work.
+    out = run_ok(WRITE_PROBE + "print(attempt('/usr/share/nsmagic-new'), "
+                 "attempt('/root/new'))", userns=True)
+    assert out.split() == ["EACCES", "ok"]
+
+
+def test_the_default_root_has_a_fresh_proc_dev_and_tmp():
     out = run_ok(
         "import os\n"
         "print(os.path.exists('/dev/null'), os.path.isdir('/sys/fs/cgroup'), os.getcwd())\n"
         "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), os.listdir('/tmp'))\n"
         "open('/dev/null', 'w').write('x')\n",
-        overlay=True, cwd="/work")
-    assert out.splitlines() == ["True True /work", "[1, 2] []"]
+        cwd="/root")
+    assert out.splitlines() == ["True True /root", "[1, 2] []"]
 
 
-def test_two_overlay_containers_do_not_see_each_others_writes(host_dir):
+def test_two_containers_do_not_see_each_others_writes(host_dir):
     sync = tempfile.mkdtemp(dir=host_dir)
     os.chmod(sync, 0o777)
-    first = nsmagic.Container(overlay=True, volumes=[f"{sync}:/sync"])
+    first = nsmagic.Container(volumes=[f"{sync}:/sync"])
     with first:
         first.start(
             "import os, time\n"
@@ -241,7 +246,7 @@ def test_two_overlay_containers_do_not_see_each_others_writes(host_dir):
         while not os.path.exists(f"{sync}/first-written") and time.monotonic() < deadline:
             time.sleep(0.02)
         out = run_ok("import os\nopen('/etc/nsmagic-second', 'w').write('2')\n"
-                     "print(os.path.exists('/etc/nsmagic-first'))", overlay=True)
+                     "print(os.path.exists('/etc/nsmagic-first'))")
         open(f"{sync}/second-done", "w").close()
         result = first.wait(timeout=30)
     assert out.strip() == "False"
@@ -252,10 +257,32 @@ def test_two_overlay_containers_do_not_see_each_others_writes(host_dir):
 
 
 @root_only
-def test_overlay_container_sees_its_cgroup():
-    out = run_ok("print(open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read())",
-                 overlay=True, memory="64M")
-    assert out.strip() == str(64 << 20)
+def test_the_default_container_sees_its_cgroup_and_no_other():
+    out = run_ok("import os\n"
+                 "print(open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read().strip())\n"
+                 "print(sorted(os.listdir('/sys/fs/cgroup')))", memory="64M")
+    limit, hierarchies = out.splitlines()
+    assert limit == str(64 << 20)
+    assert "devices" not in hierarchies and "unified" not in hierarchies
+
+
+# --- the host's root: the positive control -----------------------------------------------------
+
+
+@USERNS
+def test_host_root_shows_the_hosts_own_files_read_write(host_file, userns):
+    _owned_by_container_root(host_file, userns)
+    out = run_ok(f"print(open({host_file!r}).read().strip())\n"
+                 f"open({host_file!r}, 'w').write('changed')", host_root=True, userns=userns)
+    assert out.strip() == "host"
+    assert open(host_file).read() == "changed"
+
+
+def _owned_by_container_root(path: str, userns: bool | None) -> None:
+    """Give path to the host uid that root inside maps to, so a user-namespace container
+    may write it."""
+    if userns and IS_ROOT:
+        os.chown(path, 65534, 65534)
 
 
 # --- rootfs ------------------------------------------------------------------------------
@@ -291,8 +318,8 @@ def test_rootfs_python_payload_and_chroot_escape_stays_inside(busybox_root, user
     first, second = out.splitlines()
     expected = sorted(os.listdir(busybox_root))
     assert first == str(expected) + " " + str(sorted(
-        ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom",
-         "zero"]))
+        ["fd", "full", "mqueue", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin",
+         "stdout", "tty", "urandom", "zero"]))
     assert second == f"{expected} False False"
 
 
@@ -317,7 +344,7 @@ def test_rootfs_failure_names_the_step_and_leaves_nothing(host_dir):
         nsmagic.run("print(1)", rootfs=bad)
     message = str(raised.value)
     assert "setting up inside the container" in message
-    assert f"{bad}/tmp" in message and "symbolic link" in message
+    assert f"{bad}/tmp is a symbolic link" in message
 
 
 # --- volumes -----------------------------------------------------------------------------
@@ -328,7 +355,7 @@ def test_read_write_volume_works_both_ways(host_dir, host_file, userns):
     _owned_by_container_root(host_dir, userns)
     out = run_ok("import os\nprint(open('/data/' + os.path.basename(" + repr(host_file) +
                  ")).read().strip())\nopen('/data/from-inside', 'w').write('inside')",
-                 volumes=[f"{host_dir}:/data"], overlay=True, userns=userns)
+                 volumes=[f"{host_dir}:/data"], userns=userns)
     assert out.strip() == "host"
     created = os.path.join(host_dir, "from-inside")
     assert open(created).read() == "inside"
@@ -360,11 +387,18 @@ def test_volume_into_a_rootfs_creates_its_mount_point(busybox_root, host_dir, ho
     assert out.strip() == "host"
 
 
-def test_volume_on_a_missing_path_without_overlay_is_a_clear_error(host_dir):
+def test_a_volume_gets_its_mount_point_made_in_the_containers_own_root(host_dir, host_file):
+    out = run_ok(f"print(open('/nsmagic-new/dir/{os.path.basename(host_file)}').read())",
+                 volumes=[f"{host_dir}:/nsmagic-new/dir:ro"])
+    assert out.strip() == "host"
+    assert not os.path.exists("/nsmagic-new")
+
+
+def test_a_volume_on_a_missing_path_of_a_read_only_root_is_a_clear_error(host_dir):
     with pytest.raises(nsmagic.ContainerSetupError) as raised:
-        nsmagic.run("pass", volumes=[f"{host_dir}:/nsmagic-no-such-dir"])
+        nsmagic.run("pass", read_only=True, volumes=[f"{host_dir}:/nsmagic-no-such-dir"])
     message = str(raised.value)
-    assert "/nsmagic-no-such-dir does not exist" in message and "--overlay" in message
+    assert "/nsmagic-no-such-dir does not exist" in message and "--read-only" in message
     assert not os.path.exists("/nsmagic-no-such-dir")
 
 
@@ -386,7 +420,8 @@ def _host_mounts() -> list[str]:
 
 def test_no_container_mount_is_visible_on_the_host(host_dir, busybox_root):
     before = _host_mounts()
-    run_ok("pass", overlay=True, volumes=[f"{host_dir}:/data"])
+    run_ok("pass", volumes=[f"{host_dir}:/data"])
+    run_ok("pass", host_root=True, volumes=[f"{host_dir}:/var/tmp:ro"])
     run_ok("pass", rootfs=busybox_root, volumes=[f"{host_dir}:/mnt/data"])
     run_ok("pass", read_only=True, volumes=[f"{host_dir}:/mnt:ro"])
     after = _host_mounts()

@@ -148,8 +148,9 @@ def test_user_namespace_makes_root_inside_an_unprivileged_user_outside():
     with tempfile.TemporaryDirectory(dir="/var/tmp") as folder:  # /tmp is private inside
         os.chmod(folder, 0o777)
         path = os.path.join(folder, "written-inside")
-        out = run_ok(f"import os\nprint(os.getuid(), os.getgid())\nopen({path!r}, 'w').write('x')",
-                     userns=True)
+        out = run_ok("import os\nprint(os.getuid(), os.getgid())\n"
+                     "open('/shared/written-inside', 'w').write('x')",
+                     userns=True, volumes=[f"{folder}:/shared"])
         assert out.split() == ["0", "0"]
         expected = 65534 if IS_ROOT else os.getuid()
         assert os.stat(path).st_uid == expected
@@ -159,7 +160,8 @@ def test_user_namespace_makes_root_inside_an_unprivileged_user_outside():
 def test_user_namespace_root_cannot_write_host_root_files():
     with tempfile.NamedTemporaryFile(dir="/var/tmp") as handle:
         os.chmod(handle.name, 0o644)
-        result = nsmagic.run(f"open({handle.name!r}, 'w').write('x')", userns=True)
+        result = nsmagic.run("open('/shared/file', 'w').write('x')", userns=True,
+                             volumes=[f"{handle.name}:/shared/file"])
         assert result.exception is not None and result.exception.type == "PermissionError"
 
 

@@ -173,10 +173,11 @@ def test_exec_into_a_running_container_is_a_message_not_a_start(manager):
 @pytest.mark.skipif(not IS_ROOT, reason="veth pairs on the host need root")
 def test_a_start_that_fails_half_way_leaves_no_veth_and_no_cgroup(manager, tmp_path):
     # The veth pair and the cgroup exist before the mount step inside fails (the volume's
-    # container path does not exist), so the failure path must remove them.
+    # container path does not exist in a read-only root), so the failure path must remove
+    # them.
     before = set(network.our_links())
     spec = ContainerSpec.build(net="bridge", limits=nsmagic.Limits.parse(memory="64M"),
-                               volumes=[f"{tmp_path}:/no/such/place"])
+                               read_only=True, volumes=[f"{tmp_path}:/no/such/place"])
     with pytest.raises(nsmagic.ContainerSetupError, match="/no/such/place"):
         manager.start("halfway", spec)
     assert "halfway" not in manager.names()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from nsmagic.cgroups import join_cgroup
 from nsmagic.errors import explain
-from nsmagic.isolation import capabilities, mounts, namespaces, network, syscalls
+from nsmagic.isolation import capabilities, mounts, namespaces, network, seccomp, syscalls
 from nsmagic.runtime import protocol
 from nsmagic.runtime.inside.fds import ContainerFds, redirect_stdio
 from nsmagic.runtime.inside.init import PidOne
@@ -70,12 +70,13 @@ def main_process(start: Start) -> int:
         name_host(request.spec)
         step = "configuring the container's network"
         start.connect()
+        if request.spec.seccomp and not seccomp.available():
+            warnings.append(f"no seccomp filter: {seccomp.unavailable_reason()}")
     except Exception as error:  # noqa: BLE001 - one step's failure, reported by name
         return start.fail(step, error)
     # 10. Ready; the payload drops what it must not keep as its last step before user code.
     protocol.send_quietly(start.fds.events, {"event": Event.READY, "warnings": warnings})
-    return run_payload(request.payload, start.fds.events, request.spec.env, request.spec.cwd,
-                       start.data, request.spec.privileged)
+    return run_payload(request.payload, request.spec, start.fds.events, start.data)
 
 
 def prepare_namespaces(spec: ContainerSpec, cgroup_directories: list[str] = ()) -> list[str]:
@@ -90,9 +91,11 @@ def prepare_namespaces(spec: ContainerSpec, cgroup_directories: list[str] = ()) 
 
 
 def name_host(spec: ContainerSpec) -> None:
-    """Set the container's host name in its UTS namespace."""
+    """Set the container's host name in its UTS namespace, and in its own /etc files."""
     if "uts" in spec.namespaces:
         socket.sethostname(spec.effective_hostname)
+        if "mount" in spec.namespaces and not spec.host_root:
+            mounts.set_host_name_files(spec.effective_hostname)
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ import socket
 import sys
 import traceback
 
-from nsmagic.isolation import capabilities
+from nsmagic.isolation import capabilities, keyring, seccomp
 from nsmagic.runtime import protocol, transfer
 from nsmagic.runtime.protocol import Event
-from nsmagic.runtime.spec import Payload
+from nsmagic.runtime.spec import ContainerSpec, Payload
 
 
 def _fresh_stdio() -> None:
@@ -29,23 +29,28 @@ def _fresh_stdio() -> None:
     sys.__stdout__, sys.__stderr__, sys.__stdin__ = sys.stdout, sys.stderr, sys.stdin
 
 
-def run_payload(payload: Payload, events_fd: int, env: dict[str, str], cwd: str,
-                data: socket.socket | None = None, privileged: bool = False) -> int:
+def run_payload(payload: Payload, spec: ContainerSpec, events_fd: int,
+                data: socket.socket | None = None) -> int:
     """Execute the payload in this (already isolated) process; return its exit code."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD,
                    signal.SIGPIPE, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    _set_environment(env)
+    _set_environment(spec.env)
     try:
-        os.chdir(cwd)
+        os.chdir(spec.cwd)
     except OSError:
         os.chdir("/")
-    if not privileged:
-        # The last step before the user's code: Docker's capabilities, no_new_privs.
+    # The last steps before the user's code, in this order: a session keyring of its own
+    # (keyctl is refused from then on), Docker's capabilities and no_new_privs, then the
+    # seccomp filter (which needs no_new_privs).
+    keyring.join_fresh_session_keyring()
+    if not spec.privileged:
         capabilities.restrict_to()
+    if spec.seccomp and seccomp.available():  # (else the READY event said why not)
+        seccomp.install()
     if payload.kind == "shell":
-        os.execve(payload.shell, [payload.shell, "-c", payload.source], env)
+        os.execve(payload.shell, [payload.shell, "-c", payload.source], spec.env)
     _fresh_stdio()
     if payload.kind == "agent":
         return _serve_agent(data)

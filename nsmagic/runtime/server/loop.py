@@ -14,7 +14,7 @@ import traceback
 
 from nsmagic.cgroups.base import CgroupDriver
 from nsmagic.errors import ContainerSetupError, NsmagicError
-from nsmagic.isolation import network, syscalls
+from nsmagic.isolation import network, seccomp, syscalls, view
 from nsmagic.runtime import protocol
 from nsmagic.runtime.protocol import Event, Op, send_quietly
 from nsmagic.runtime.server import pool
@@ -266,6 +266,11 @@ def main() -> None:
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     control = socket.socket(fileno=int(sys.argv[1]))
     server = ForkServer(control, once="--once" in sys.argv[2:])
+    # Worked out once, here, so that every container inherits the answers: what of the
+    # host a container sees, and the seccomp filter compiled by libseccomp.
+    view.host_view()
+    if seccomp.available():
+        seccomp.build()
     # Objects imported so far are never collected: freezing them keeps the collector from
     # writing to their pages in every forked child (which would copy those pages).
     gc.freeze()
