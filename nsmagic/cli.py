@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write DIR/config.json (OCI runtime spec 1.0.2), the root filesystem and "
                     "a README saying how to `runc run` it.")
     export.add_argument("--oci", required=True, metavar="DIR", help="the bundle directory")
-    export.add_argument("--host-root", choices=("bind", "busybox"), default="bind",
+    export.add_argument("--bundle-root", choices=("bind", "busybox"), default="bind",
                         help="without --rootfs: bind the host's / into rootfs/ with the "
                              "bundle's prepare-rootfs.sh (default), or a busybox-static root")
     export.add_argument("--copy-rootfs", action="store_true",
@@ -326,7 +326,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         spec = _spec_from(args)
         bundle = oci.write_bundle(spec, args.oci, _command_of(args) or None,
-                                  host_root=args.host_root, copy_rootfs=args.copy_rootfs)
+                                  host_root=args.bundle_root, copy_rootfs=args.copy_rootfs)
     except SpecError as error:
         return _usage_error("export", str(error))
     print(f"wrote an OCI bundle to {bundle.path} (see its README.md)")

@@ -166,7 +166,7 @@ def test_kill_dash_term_from_a_shell():
     ["run", "--read-only", "--overlay", "--", "true"],
     ["stats"],
     ["export"],
-    ["export", "--oci", "/tmp/x", "--host-root", "alpine"],
+    ["export", "--oci", "/tmp/x", "--bundle-root", "alpine"],
 ])
 def test_bad_options_exit_2_with_one_line_on_stderr(args):
     completed = nsmagic(*args, timeout=30)

@@ -368,10 +368,10 @@ class ContainerMagics(Magics):
             print(line)
 
     def _container_export(self, rest: list[str], text: str) -> None:
-        """%container export NAME --oci DIR [--host-root bind|busybox]: an OCI bundle."""
-        usage = "usage: %container export NAME --oci DIR [--host-root bind|busybox]"
+        """%container export NAME --oci DIR [--bundle-root bind|busybox]: an OCI bundle."""
+        usage = "usage: %container export NAME --oci DIR [--bundle-root bind|busybox]"
         if len(rest) not in (3, 5) or rest[1] != "--oci" or (
-                len(rest) == 5 and rest[3] != "--host-root"):
+                len(rest) == 5 and rest[3] != "--bundle-root"):
             raise UsageError(usage)
         host_root = rest[4] if len(rest) == 5 else "bind"
         self._export_oci(MANAGER.get(rest[0]).spec, rest[2], None, "agent", "", False,

@@ -63,11 +63,20 @@ CONTAINER_OPTIONS: tuple[Option, ...] = (
     Option(("--overlay",), {"action": "store_true",
                             "help": "a writable root whose changes vanish with the container"}),
     Option(("--rootfs",), {"metavar": "DIR", "help": "DIR as the container's root"}),
+    Option(("--host-root",), {"action": "store_true",
+                              "help": "the host's own root, read-write (NOT isolated from "
+                                      "the host's files: use only when you mean it)"}),
     Option(("--volume", "-v"), {"action": "append", "default": [],
                                 "metavar": "HOST:CONTAINER[:ro]",
-                                "help": "bind-mount a host path (repeatable)"}),
+                                "help": "bind-mount a host path (repeatable); '.' shares "
+                                        "the notebook's folder at its own path and starts "
+                                        "there"}),
     Option(("--env", "-e"), {"action": "append", "default": [], "metavar": "KEY=VALUE",
-                             "help": "set an environment variable inside (repeatable)"}),
+                             "help": "set an environment variable inside (repeatable); "
+                                     "KEY alone passes the notebook's own value"}),
+    Option(("--security-opt",), {"action": "append", "default": [], "metavar": "OPTION",
+                                 "help": "seccomp=unconfined turns the seccomp filter off "
+                                         "(as Docker's)"}),
     Option(("--privileged",), {"action": "store_true",
                                "help": "keep every capability and allow privilege gains (NOT "
                                        "isolated from the host kernel's administration: use "
@@ -94,13 +103,17 @@ def keywords_from_args(args: Any, defaults: dict[str, str | None] | None = None
             namespaces.discard(name)
     if getattr(args, "no_cgroupns", False):
         namespaces.discard("cgroup")
+    volumes, cwd = volumes_from(args.volume)
     keywords: dict[str, Any] = {
         "namespaces": namespaces,
         "userns": True if args.userns else (False if args.no_userns else None),
         "hostname": args.hostname, "env": environment_from(args.env), "net": args.net,
         "read_only": args.read_only, "overlay": args.overlay, "rootfs": args.rootfs,
-        "volumes": args.volume, "privileged": args.privileged,
+        "host_root": args.host_root, "volumes": volumes, "privileged": args.privileged,
+        "seccomp": seccomp_from(args.security_opt),
     }
+    if cwd is not None:
+        keywords["cwd"] = cwd
     for name in LIMIT_OPTIONS:
         value = getattr(args, name, None)
         keywords[name] = defaults.get(name) if value is None else value
@@ -108,14 +121,45 @@ def keywords_from_args(args: Any, defaults: dict[str, str | None] | None = None
 
 
 def environment_from(items: list[str]) -> dict[str, str]:
-    """--env KEY=VALUE items as a dict."""
+    """--env KEY=VALUE items as a dict; KEY alone passes the notebook's value of KEY (or
+    nothing, where it has none, as Docker does)."""
     env = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key or "\0" in item:
-            raise SpecError(f"--env takes KEY=VALUE (no NUL characters), not {item!r}.")
-        env[key] = value
+        if not key or "\0" in item or not key.replace("_", "a").isalnum():
+            raise SpecError(f"--env takes KEY=VALUE or KEY (a variable name; no NUL "
+                            f"characters), not {item!r}.")
+        if sep:
+            env[key] = value
+        elif key in os.environ:
+            env[key] = os.environ[key]
     return env
+
+
+def volumes_from(items: list[str]) -> tuple[list[str], str | None]:
+    """--volume items, with '.' (the notebook's folder at its own path, read-write) made
+    explicit; and the working directory it implies, if any."""
+    volumes, cwd = [], None
+    for item in items:
+        if item in (".", ".:ro"):
+            here = os.getcwd()
+            volumes.append(f"{here}:{here}" + (":ro" if item.endswith(":ro") else ""))
+            cwd = here
+        else:
+            volumes.append(item)
+    return volumes, cwd
+
+
+def seccomp_from(items: list[str]) -> bool:
+    """--security-opt items: whether the default seccomp filter applies."""
+    seccomp = True
+    for item in items:
+        if item == "seccomp=unconfined":
+            seccomp = False
+        elif item not in ("seccomp=default", "no-new-privileges", "no-new-privileges:true"):
+            raise SpecError(f"--security-opt takes seccomp=unconfined, seccomp=default or "
+                            f"no-new-privileges (always on here), not {item!r}.")
+    return seccomp
 
 
 def network_to_share(net: str | None) -> int | None:
@@ -165,8 +209,16 @@ def build_spec(**options: Any) -> Resolved:
     spec = ContainerSpec.build(**options)
     if spec.privileged:
         notes.append("PRIVILEGED container: root inside keeps every capability (it can "
-                     "mount, load kernel modules, change the host's clock) and no_new_privs "
-                     "is off.")
+                     "mount, load kernel modules, change the host's clock), no_new_privs "
+                     "is off and there is no seccomp filter.")
+    elif not spec.seccomp:
+        notes.append("NO SECCOMP FILTER (seccomp=unconfined): every system call is open to "
+                     "the container, keyctl, bpf and perf_event_open included.")
+    if spec.host_root and spec.namespaces:
+        notes.append("HOST ROOT: the container sees the host's own files and can change "
+                     "every one its user may" + (" (it shares the host's mount namespace)"
+                                                 if "mount" not in spec.namespaces else "")
+                     + ".")
     return Resolved(spec, notes)
 
 
