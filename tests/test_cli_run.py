@@ -162,7 +162,7 @@ def test_kill_dash_term_from_a_shell():
     ["run", "--timeout", "0", "--", "true"],
     ["run", "--timeout", "soon", "--", "true"],
     ["run", "--volume", "relative:/x", "--", "true"],
-    ["run", "--env", "NOEQUALS", "--", "true"],
+    ["run", "--env", "NO-SUCH=NAME", "--", "true"],
     ["run", "--read-only", "--overlay", "--", "true"],
     ["stats"],
     ["export"],

@@ -68,7 +68,7 @@ def test_dash_o_returns_the_result_object(ipython_shell):
         ("--no-uts --hostname x", "--hostname needs a private UTS namespace"),
         ("--bogus", "unrecognized arguments: --bogus"),
         ("python3", "%%container does not know 'python3'"),
-        ("--env NOEQUALS", "--env takes KEY=VALUE"),
+        ("--env NOT-A-NAME=1", "--env takes KEY=VALUE or KEY"),
         ("--userns --no-userns", "contradict"),
     ],
 )
