@@ -310,7 +310,7 @@ def test_cgroup_line_magic_misuse(ipython_shell, line):
 
 
 @pytest.mark.parametrize("line", [
-    "--bogus", "python3", "a b c", "--env NOEQUALS", "--env =x", "--userns --no-userns",
+    "--bogus", "python3", "a b c", "--env NOT-A-NAME", "--env =x", "--userns --no-userns",
     "--read-only --overlay", "--in 'a b'", "--out 1x", "--in undefined_variable_x",
     "--rootfs=/nonexistent-nsmagic", "--no-uts --hostname x", "--cgroup x --memory 1G",
     "--timeout abc", "--no-mount --read-only",

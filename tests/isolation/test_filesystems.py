@@ -195,6 +195,7 @@ def test_the_default_root_shows_the_interpreter_but_not_the_hosts_files(host_fil
     assert out.split() == ["False", "['tmp']", "[]", "[]", "[]", "True"]
 
 
+@root_only
 def test_renames_within_a_shown_directory_work_and_across_them_say_exdev():
     # Each shown directory is a mount of its own: renames inside one work; across two they
     # fail with EXDEV, which mv and shutil.move answer by copying.

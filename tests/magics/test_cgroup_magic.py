@@ -17,10 +17,10 @@ import psutil
 import pytest
 from IPython.core.error import UsageError
 
-from nsmagic.runtime import groups
 from nsmagic.cgroups import Limits
 from nsmagic.magics import ContainerError
 from nsmagic.magics.cgroup import CgroupError, CgroupMagics
+from nsmagic.runtime import groups
 from nsmagic.runtime.launcher import close_default_launcher
 from nsmagic.runtime.spec import ContainerSpec
 
