@@ -266,7 +266,7 @@ def bench_runc(ctx: Context) -> Sampler:
 def _pool_module() -> Any | None:
     """nsmagic.runtime.pool when this build has a warm pool knob, else None."""
     try:
-        from nsmagic.runtime import pool
+        from nsmagic.runtime.server import pool
     except ImportError:
         return None
     return pool if hasattr(pool, "pool_size_from_environment") else None
@@ -784,7 +784,7 @@ def derive(report: dict[str, Any]) -> None:
 
 # -- the run ---------------------------------------------------------------------------------
 def _pid_1_kind() -> str:
-    from nsmagic.runtime.init import NATIVE_INIT
+    from nsmagic.runtime.inside.init import NATIVE_INIT
 
     if NATIVE_INIT is None:
         return "the Python pid 1 (nsmagic-init was not built, or NSMAGIC_INIT=python)"

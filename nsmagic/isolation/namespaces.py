@@ -48,30 +48,6 @@ class IdMap:
         return f"{self.inside} {self.outside} {self.count}\n"
 
 
-def default_outside_id(is_root: bool, own_id: int) -> int:
-    """Whom root inside a user namespace is on the host.
-
-    An unprivileged caller can only map its own id (no newuidmap helper: Binder-like hosts set
-    no_new_privs, which disables setuid helpers). Root maps container root to 'nobody' so that
-    files written through to the host are visibly not root's.
-    """
-    return 65534 if is_root else own_id
-
-
-def write_id_maps(pid: int, uid_map: IdMap, gid_map: IdMap) -> None:
-    """Write a child's uid and gid maps from the parent user namespace.
-
-    setgroups must be denied before gid_map is written by an unprivileged writer; root could
-    keep it, but denying it everywhere keeps one behaviour (no supplementary groups inside).
-    """
-    with open(f"/proc/{pid}/setgroups", "w") as handle:
-        handle.write("deny")
-    with open(f"/proc/{pid}/uid_map", "w") as handle:
-        handle.write(uid_map.line())
-    with open(f"/proc/{pid}/gid_map", "w") as handle:
-        handle.write(gid_map.line())
-
-
 def become_root_inside() -> None:
     """After the maps are written, take uid/gid 0 of the new user namespace."""
     os.setresgid(0, 0, 0)

@@ -64,6 +64,7 @@ class ContainerResult:
     oom: dict[str, Any] | None = None  # kills, limit, peak and a sentence, after an OOM kill
     stats: dict[str, Any] | None = None  # the cgroup's usage when the container ended
     address: str | None = None  # on --net bridge
+    root_outside: int | None = None  # with a user namespace: the host uid of root inside
     outputs: dict[str, Any] = field(default_factory=dict)  # variables copied out (--out)
     output_errors: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -455,6 +456,7 @@ class Container:
             self.result.cgroup = message.get("cgroup")
             self.result.cgroup_driver = message.get("cgroup_driver")
             self.result.address = message.get("address")
+            self.result.root_outside = message.get("root_outside")
             self.result.warnings.extend(message.get("warnings", []))
             self.result.timings["started_s"] = now
             if fds:

@@ -79,7 +79,9 @@ class ContainerSpec:
     rootfs: str | None = None
     host_root: bool = False  # the host's root as it is, read-write (loudly)
     volumes: tuple[Volume, ...] = ()
-    uid_outside: int | None = None  # who root inside is on the host (user namespace only)
+    # Who root inside is on the host (user namespace only): the caller itself when it is not
+    # root; as root None, and the fork server gives the container a range of its own.
+    uid_outside: int | None = None
     gid_outside: int | None = None
     name: str | None = None
     cgroup: str | None = None  # run in this existing nsmagic cgroup instead of a fresh one
@@ -203,8 +205,8 @@ class ContainerSpec:
         )
         spec = replace(spec, env=container_environment(spec, env))
         if userns:
-            spec = replace(spec, uid_outside=os.geteuid() if not is_root else 65534,
-                           gid_outside=os.getegid() if not is_root else 65534)
+            spec = replace(spec, uid_outside=None if is_root else os.geteuid(),
+                           gid_outside=None if is_root else os.getegid())
         return spec
 
     def to_wire(self, private: bool = True) -> dict[str, Any]:

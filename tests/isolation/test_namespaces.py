@@ -10,6 +10,7 @@ import tempfile
 import pytest
 
 import nsmagic
+from nsmagic.isolation import idmaps
 from nsmagic.isolation.namespaces import namespace_id
 
 from ..conftest import IS_ROOT, requires_root
@@ -148,12 +149,35 @@ def test_user_namespace_makes_root_inside_an_unprivileged_user_outside():
     with tempfile.TemporaryDirectory(dir="/var/tmp") as folder:  # /tmp is private inside
         os.chmod(folder, 0o777)
         path = os.path.join(folder, "written-inside")
-        out = run_ok("import os\nprint(os.getuid(), os.getgid())\n"
-                     "open('/shared/written-inside', 'w').write('x')",
-                     userns=True, volumes=[f"{folder}:/shared"])
-        assert out.split() == ["0", "0"]
-        expected = 65534 if IS_ROOT else os.getuid()
-        assert os.stat(path).st_uid == expected
+        result = nsmagic.run("import os\nprint(os.getuid(), os.getgid())\n"
+                             "open('/shared/written-inside', 'w').write('x')",
+                             userns=True, volumes=[f"{folder}:/shared"])
+        assert result.ok, (result.describe(), result.stderr)
+        assert result.stdout.split() == ["0", "0"]
+        # As root, a range of the container's own (no real user's); else the caller.
+        owner = os.stat(path).st_uid
+        assert owner == result.root_outside
+        assert owner >= idmaps.POOL_START if IS_ROOT else owner == os.getuid()
+
+
+@requires_root
+def test_each_user_namespace_container_gets_a_host_id_range_of_its_own():
+    first = nsmagic.Container(userns=True)
+    second = nsmagic.Container(userns=True)
+    with first, second:
+        first.start("import time\ntime.sleep(30)")
+        second.start("print(open('/proc/self/uid_map').read())")
+        mapped = second.wait(timeout=30)
+        while first.result.root_outside is None:
+            first.handle_message(first.message_sockets[0])
+        first.send_signal(9)
+        first.wait(timeout=30)
+    inside, outside, count = mapped.stdout.split()
+    assert (inside, count) == ("0", str(idmaps.RANGE_SIZE))
+    ranges = sorted([first.result.root_outside, mapped.root_outside])
+    assert ranges[1] - ranges[0] >= idmaps.RANGE_SIZE  # disjoint
+    assert int(outside) == mapped.root_outside
+    assert not os.listdir(idmaps.RECORDS)  # both ranges went back to the pool
 
 
 @requires_root

@@ -12,7 +12,7 @@ import socket
 from nsmagic.cgroups.base import Cgroup, CgroupDriver
 from nsmagic.cgroups.limits import format_size
 from nsmagic.errors import ContainerSetupError, explain
-from nsmagic.isolation import namespaces, network
+from nsmagic.isolation import idmaps, network
 from nsmagic.runtime.inside.fds import ContainerFds
 from nsmagic.runtime.protocol import Event, HandshakeError, Word, expect, say, send_quietly
 from nsmagic.runtime.server.forker import Forker, reap
@@ -71,6 +71,7 @@ class SupervisedContainer:
         self.init_pid: int | None = None
         self.pidfd: int | None = None
         self._lifeline_write: int | None = None
+        self.ids: idmaps.IdMapping | None = None
         self._released = False
 
     # -- creation ------------------------------------------------------------------------
@@ -141,8 +142,8 @@ class SupervisedContainer:
             word, detail = expect(sync, Word.MAPS, Word.PID, Word.READY, step=step.name)
             if word == Word.MAPS:
                 step("writing the user namespace id maps")
-                namespaces.write_id_maps(child, namespaces.IdMap(0, self.spec.uid_outside),
-                                         namespaces.IdMap(0, self.spec.gid_outside))
+                self.ids = idmaps.for_container(os.getpid(), self.spec.container_id)
+                self.ids.write(child)
                 say(sync, Word.OK)
                 step("setting up the container")
                 word, detail = expect(sync, Word.PID, Word.READY, step=step.name)
@@ -190,7 +191,8 @@ class SupervisedContainer:
             "cgroup": self.cgroup.name if self.cgroup else None,
             "cgroup_driver": getattr(self.cgroup_driver, "name", None),
             "address": self.attachment.address if self.attachment else None,
-            "warnings": self._limit_warnings(),
+            "root_outside": self.ids.root_outside if self.ids else None,
+            "warnings": self._limit_warnings() + (self.ids.notes if self.ids else []),
         }, fds=[self.pidfd])
 
     def _limit_warnings(self) -> list[str]:
@@ -275,6 +277,9 @@ class SupervisedContainer:
             except OSError as error:
                 problems.append(f"cgroup not removed: {explain(error)}")
             self.cgroup = None
+        if self.ids is not None:
+            # Only now: a process of the container could hold the range until pid 1 died.
+            self.ids.release()
         for problem in problems:
             send_quietly(self.supervisor, {"event": Event.WARNING, "message": problem})
         self.supervisor.close()
