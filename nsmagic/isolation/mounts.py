@@ -122,6 +122,15 @@ def set_host_name_files(hostname: str, address: str | None = None) -> None:
 # --- 3. the new root ---------------------------------------------------------------------
 def _build_root(options: MountOptions) -> str:
     """Assemble the container's root on the staging tmpfs; return its path (a mount)."""
+    rootfs = None
+    if options.root != "view":
+        rootfs = os.path.realpath(options.root)
+        for point in ("proc", "dev", "sys", "tmp"):
+            if os.path.islink(os.path.join(rootfs, point)):
+                raise OSError(errno.ELOOP, f"{rootfs}/{point} is a symbolic link (the "
+                              "container's own is mounted there)")
+        # Held open: the staging tmpfs may cover it (a root directory under /tmp).
+        held = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     with step(f"mounting the staging tmpfs on {STAGING}"):
         mountops.mount_tmpfs(STAGING, 0o700)
         with open(EMPTY, "w"):
@@ -145,12 +154,10 @@ def _build_root(options: MountOptions) -> str:
         # layer a user-namespace root could not write files of the host's root.
         _own_etc_files(root, etc.GENERATED)
     else:
-        rootfs = os.path.realpath(options.root)
-        for point in ("proc", "dev", "sys", "tmp"):
-            if os.path.islink(os.path.join(rootfs, point)):
-                raise OSError(errno.ELOOP, f"{rootfs}/{point} is a symbolic link (the "
-                              "container's own is mounted there)")
-        _show(rootfs, root, layers, options.read_only)
+        try:
+            _show(f"/proc/self/fd/{held}", root, layers, options.read_only, named=rootfs)
+        finally:
+            os.close(held)
         if not options.read_only:
             for point in ("proc", "dev", "sys", "tmp"):
                 os.makedirs(os.path.join(root, point), exist_ok=True)
@@ -168,15 +175,17 @@ def _populate(root: str) -> None:
             os.chmod(target, mode)
 
 
-def _show(host: str, target: str, layers: _Layers, read_only: bool) -> None:
-    """host at target: read-only under a private writable layer, or read-only alone."""
-    _make_parents(host, target)
+def _show(host: str, target: str, layers: _Layers, read_only: bool,
+          named: str | None = None) -> None:
+    """host at target: read-only under a private writable layer, or read-only alone
+    (named: what to call host in messages)."""
+    _make_parents(named or host, target)
     if read_only or not layers.can_name(host):
-        with step(f"binding {host} read-only into the container"):
+        with step(f"binding {named or host} read-only into the container"):
             os.makedirs(target, exist_ok=True)
             mountops.bind(host, target, read_only=True)
         return
-    layers.mount(host, target)
+    layers.mount(host, target, named)
 
 
 def _make_parents(host: str, target: str) -> None:
@@ -209,10 +218,10 @@ class _Layers:
         """Overlay options are comma separated: a path with one of these cannot be named."""
         return not any(c in path for c in ",:\\")
 
-    def mount(self, lower: str, target: str) -> None:
+    def mount(self, lower: str, target: str, named: str | None = None) -> None:
         layer = f"{self.base}/{self.count}"
         self.count += 1
-        with step(f"mounting a private writable layer over {lower} on {target}"):
+        with step(f"mounting a private writable layer over {named or lower} on {target}"):
             os.makedirs(f"{layer}/upper")
             os.mkdir(f"{layer}/work")
             os.makedirs(target, exist_ok=True)

@@ -189,7 +189,8 @@ class ContainerSpec:
             hostname=hostname,
             limits=limits or Limits(),
             env=env or {},
-            cwd=cwd or os.getcwd(),
+            # Docker's default: /. With the host's root, where the notebook is.
+            cwd=cwd or (os.getcwd() if host_root or "mount" not in chosen else "/"),
             mount_proc="pid" in chosen and "mount" in chosen,
             private_tmp="mount" in chosen,
             name=name,
