@@ -39,6 +39,9 @@ class HostReport:
     cgroup: dict = field(default_factory=dict)
     kvm: Check = field(default_factory=lambda: Check(False, "not probed"))
     pid_1: Check = field(default_factory=lambda: Check(False, "not probed"))
+    seccomp_filter: Check = field(default_factory=lambda: Check(False, "not probed"))
+    filesystem: str = ""  # what a default container sees of the host
+    user_ids: str = ""  # whom root inside a user namespace is on the host
 
     @property
     def can_create_namespaces(self) -> bool:
@@ -68,7 +71,8 @@ class HostReport:
         data["namespaces"] = {k: Check(**v) for k, v in data["namespaces"].items()}
         data["proc_mount"] = Check(**data["proc_mount"])
         data["kvm"] = Check(**data["kvm"])
-        data["pid_1"] = Check(**data.get("pid_1", {"ok": False, "reason": "not probed"}))
+        for name in ("pid_1", "seccomp_filter"):
+            data[name] = Check(**data.get(name, {"ok": False, "reason": "not probed"}))
         return cls(**data)
 
     def describe(self) -> str:
@@ -89,10 +93,16 @@ class HostReport:
             lines.append(_line(f"cgroups ({detail})", Check(ok, cg.get("reason", ""))))
         lines.append(_line("KVM for the VM baseline", self.kvm))
         lines.append(_line("nsmagic-init, the small native pid 1", self.pid_1))
+        lines.append(_line("seccomp filter for containers (Docker's default profile)",
+                           self.seccomp_filter))
         lines.append("  containers: Docker's default capabilities only, no_new_privs set "
-                     "(--privileged keeps them all)")
+                     "(--privileged keeps them all and drops the seccomp filter)")
+        if self.filesystem:
+            lines.append(f"  a container's root: {self.filesystem}")
+        if self.user_ids:
+            lines.append(f"  root in a user namespace is, on the host: {self.user_ids}")
         nnp = "yes" if self.no_new_privs else "no"
-        lines.append(f"  seccomp: {self.seccomp}; no_new_privs: {nnp}")
+        lines.append(f"  this process: seccomp {self.seccomp}; no_new_privs: {nnp}")
         return "\n".join(lines)
 
 
@@ -137,7 +147,43 @@ def probe_here() -> HostReport:
     report.cgroup = _describe_cgroups()
     report.kvm = _check_kvm()
     report.pid_1 = _check_native_init()
+    report.seccomp_filter = _check_seccomp()
+    report.filesystem = _describe_view()
+    report.user_ids = _describe_user_ids()
     return report
+
+
+def _check_seccomp() -> Check:
+    from nsmagic.isolation import seccomp
+
+    if not seccomp.available():
+        return Check(False, f"{seccomp.unavailable_reason()}: containers run WITHOUT a "
+                            "seccomp filter (every system call open), and say so")
+    return Check(True, seccomp.describe().removeprefix("seccomp filter: "))
+
+
+def _describe_view() -> str:
+    from nsmagic.isolation import view
+
+    shown = view.host_view()
+    return (f"a read-only view of {', '.join(shown.directories)} under a private writable "
+            f"layer; {len(shown.masked)} secret files of the host's /etc masked; host paths "
+            "only through --volume (--host-root: the host's own root, read-write)")
+
+
+def _describe_user_ids() -> str:
+    from nsmagic.isolation import idmaps
+
+    if os.geteuid() == 0:
+        return (f"a range of {idmaps.RANGE_SIZE} ids of the container's own, from "
+                f"{idmaps.POOL_START} up (recorded in {idmaps.RECORDS})")
+    import pwd
+
+    name = pwd.getpwuid(os.geteuid()).pw_name
+    if idmaps.subordinate_range("/etc/subuid", name, os.geteuid()):
+        return "you, and your subordinate ids (/etc/subuid) through newuidmap"
+    return ("you, and only you (no subordinate ids in /etc/subuid for you): the read-only "
+            "view is what protects your files")
 
 
 def _check_native_init() -> Check:
