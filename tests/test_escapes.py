@@ -21,6 +21,7 @@ import pytest
 import nsmagic
 from nsmagic.errors import SpecError
 from nsmagic.isolation.capabilities import DOCKER_DEFAULT, last_capability
+from nsmagic.runtime.launcher import ForkServerLauncher
 
 from .conftest import IS_ROOT, requires_root, running_containers, wait_until
 
@@ -401,6 +402,35 @@ def test_module_loading_gets_past_the_permission_check_when_privileged_positive_
                                                          "cgroup"}).stdout.split()
     assert out[0] == "init_module" and out[1] not in ("EPERM", "loaded")
     assert out[2] == "finit_module" and out[3] == "EBADF"
+
+
+# --- the notebook's environment --------------------------------------------------------------
+
+
+_FIND_SECRET = """
+    import os
+    secret = {secret!r}
+    print(secret in os.environ.values(),
+          secret.encode() in open('/proc/self/environ', 'rb').read())
+"""
+
+
+def test_the_notebooks_environment_is_neither_in_a_containers_nor_in_its_memory(
+        monkeypatch):
+    # A process's exec-time environment stays readable in its memory (/proc/self/environ),
+    # and containers are forks of the fork server: it must not start with the notebook's.
+    secret = f"nsmagic-secret-{uuid.uuid4().hex}"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    launcher = ForkServerLauncher()  # started now, with the secret in our environment
+    try:
+        out = run(_FIND_SECRET.format(secret=secret), launcher=launcher).stdout
+        assert out.split() == ["False", "False"]
+        # Positive control: asked for by name, the variable is passed (and only then).
+        out = run(_FIND_SECRET.format(secret=secret), launcher=launcher,
+                  env={"AWS_SECRET_ACCESS_KEY": secret}).stdout
+        assert out.split()[0] == "True"
+    finally:
+        launcher.close()
 
 
 def test_nothing_is_left_running_after_the_escape_attempts():

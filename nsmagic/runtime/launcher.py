@@ -20,11 +20,19 @@ def _helper_command(fd: int, *extra: str) -> list[str]:
     return [sys.executable, "-s", "-u", "-m", "nsmagic.runtime.server", str(fd), *extra]
 
 
+# What of the kernel's environment the fork server starts with. Containers are forks of it,
+# and a process's exec-time environment stays readable in its memory (/proc/self/environ):
+# the notebook's other variables, its secrets among them, must never be there.
+_SERVER_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+
+
 def _helper_environment() -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items()
+           if k in _SERVER_ENVIRONMENT or k.startswith("NSMAGIC_")}
     # The helpers must import this very copy of nsmagic, even when it is not installed.
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root,
+                                                      os.environ.get("PYTHONPATH")]))
     return env
 
 
