@@ -428,3 +428,27 @@ def test_no_container_mount_is_visible_on_the_host(host_dir, busybox_root):
     after = _host_mounts()
     assert after == before
     assert not [line for line in after if host_dir in line]
+
+
+@root_only
+def test_a_secret_file_that_appears_in_etc_later_is_masked_too(monkeypatch):
+    # The view is worked out when the fork server starts, and again while it is idle.
+    from nsmagic.runtime.launcher import ForkServerLauncher
+
+    monkeypatch.setenv("NSMAGIC_VIEW_REFRESH_S", "0.1")
+    launcher = ForkServerLauncher()
+    path = tempfile.mktemp(prefix="nsmagic-test-secret-", dir="/etc")
+    probe = f"import os\nprint(os.path.exists({path!r}) and open({path!r}).read())"
+    try:
+        assert run_ok(probe, launcher=launcher).strip() == "False"
+        with open(path, "w") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write("host secret\n")
+        time.sleep(0.5)  # a few idle turns of the server
+        assert run_ok(probe, launcher=launcher).strip() == ""  # there, and empty
+        os.chmod(path, 0o644)  # positive control: a world-readable file is shown
+        time.sleep(0.5)
+        assert run_ok(probe, launcher=launcher).strip() == "host secret"
+    finally:
+        launcher.close()
+        os.unlink(path)

@@ -22,6 +22,9 @@ from nsmagic.runtime.server.forker import Forker
 from nsmagic.runtime.server.record import LaunchFds, SupervisedContainer
 from nsmagic.runtime.spec import ContainerSpec, matches_warm_profile
 
+# How often an idle server looks at the host's view again (it walks /etc: some milliseconds).
+VIEW_REFRESH_S = float(os.environ.get("NSMAGIC_VIEW_REFRESH_S", "30"))
+
 
 class ForkServer:
     """Serves launch requests and watches every container it started.
@@ -64,10 +67,13 @@ class ForkServer:
         try:
             while True:
                 # Refill the warm pool only when idle: a request waiting now comes first.
-                idle_wait = 0 if self._pool_wants_more() else None
+                idle_wait = 0 if self._pool_wants_more() else VIEW_REFRESH_S
                 events = self.selector.select(idle_wait)
                 if not events:
-                    self._add_warm_container()
+                    if idle_wait == 0:
+                        self._add_warm_container()
+                    elif not self.containers:
+                        self._refresh_view()
                 for key, _ in events:
                     if key.data is None:
                         if not self._handle_request():
@@ -92,6 +98,21 @@ class ForkServer:
             if self.bridge is not None:
                 _quietly(self.bridge.remove)
             self.forker.close()
+
+    def _refresh_view(self) -> None:
+        """Look at the host's view again (a secret file may have appeared in /etc since):
+        when it changed, later containers must start from the new one, so the fork helper
+        (which holds the old) and the warm containers (set up with it) are replaced."""
+        old = view.host_view()
+        view.host_view.cache_clear()
+        if view.host_view() == old:
+            return
+        for warm in self.warm:
+            self.selector.unregister(warm.handover)
+            _quietly(warm.discard)
+        self.warm = []
+        self.forker.close()
+        self.forker.start()
 
     # -- the warm pool -------------------------------------------------------------------
     def _pool_wants_more(self) -> bool:
