@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -179,9 +180,11 @@ def mountinfo() -> list[Mount]:
     return found
 
 
-def cgroup_mount_points() -> list[str]:
-    """Where cgroup hierarchies are mounted in this mount namespace."""
-    return [m.point for m in mountinfo() if m.fstype in ("cgroup", "cgroup2")]
+@functools.lru_cache(maxsize=1)
+def cgroup_mount_points() -> tuple[str, ...]:
+    """Where cgroup hierarchies are mounted on the host (read once per process, in the fork
+    server before it forks: a container's own mount namespace changes them)."""
+    return tuple(m.point for m in mountinfo() if m.fstype in ("cgroup", "cgroup2"))
 
 
 def in_user_namespace() -> bool:

@@ -333,6 +333,8 @@ def _take_cgroup_views(directories: list[str]) -> list[Detached]:
     """Detached read-only copies of the container's cgroup directories, each to be shown
     where its hierarchy is mounted on the host (/sys/fs/cgroup[/controller])."""
     views: list[Detached] = []
+    if not directories:
+        return views
     mount_points = mountops.cgroup_mount_points()
     for directory in directories:
         target = max((m for m in mount_points if directory.startswith(m + "/")), key=len,

@@ -14,7 +14,7 @@ import traceback
 
 from nsmagic.cgroups.base import CgroupDriver
 from nsmagic.errors import ContainerSetupError, NsmagicError
-from nsmagic.isolation import network, seccomp, syscalls, view
+from nsmagic.isolation import mountops, network, seccomp, syscalls, view
 from nsmagic.runtime import protocol
 from nsmagic.runtime.protocol import Event, Op, send_quietly
 from nsmagic.runtime.server import pool
@@ -290,6 +290,7 @@ def main() -> None:
     # Worked out once, here, so that every container inherits the answers: what of the
     # host a container sees, and the seccomp filter compiled by libseccomp.
     view.host_view()
+    mountops.cgroup_mount_points()
     if seccomp.available():
         seccomp.build()
     # Objects imported so far are never collected: freezing them keeps the collector from
