@@ -326,7 +326,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         spec = _spec_from(args)
         bundle = oci.write_bundle(spec, args.oci, _command_of(args) or None,
-                                  host_root=args.bundle_root, copy_rootfs=args.copy_rootfs)
+                                  bundle_root=args.bundle_root, copy_rootfs=args.copy_rootfs)
     except SpecError as error:
         return _usage_error("export", str(error))
     print(f"wrote an OCI bundle to {bundle.path} (see its README.md)")

@@ -373,13 +373,13 @@ class ContainerMagics(Magics):
         if len(rest) not in (3, 5) or rest[1] != "--oci" or (
                 len(rest) == 5 and rest[3] != "--bundle-root"):
             raise UsageError(usage)
-        host_root = rest[4] if len(rest) == 5 else "bind"
+        bundle_root = rest[4] if len(rest) == 5 else "bind"
         self._export_oci(MANAGER.get(rest[0]).spec, rest[2], None, "agent", "", False,
-                         host_root)
+                         bundle_root)
 
     @staticmethod
     def _export_oci(spec: ContainerSpec, directory: str, cell: str | None, kind: str,
-                    shell: str, quiet: bool, host_root: str = "bind") -> None:
+                    shell: str, quiet: bool, bundle_root: str = "bind") -> None:
         from nsmagic import oci
 
         if cell is None:
@@ -389,7 +389,7 @@ class ContainerMagics(Magics):
         else:
             command = [sys.executable, "-c", cell]
         try:
-            bundle = oci.write_bundle(spec, directory, command, host_root=host_root)
+            bundle = oci.write_bundle(spec, directory, command, bundle_root=bundle_root)
         except (SpecError, OSError) as error:
             raise UsageError(f"OCI export: {error}") from None
         if not quiet:
