@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -579,6 +580,28 @@ def test_the_view_bundle_runs_the_views_python_in_a_user_namespace(bundle_dir):
     assert completed.stdout.split()[0] == "mapped"
     assert completed.stdout.split(None, 1)[1].strip() == str(
         ["0", str(oci.BUNDLE_ID_BASE), "65536"])
+
+
+@needs_runc
+@pytest.mark.root
+def test_the_host_root_bundle_runs_on_the_hosts_root_once_prepared(bundle_dir):
+    spec = ContainerSpec.build(hostname="bound", host_root=True)
+    # This test file is on the host's root, not in the view.
+    script = (f"hostname; test -f {shlex.quote(__file__)} && echo host-root; "
+              "grep NoNewPrivs /proc/self/status")
+    bundle = oci.export(spec, bundle_dir, ["/bin/sh", "-c", script])
+    prepare = bundle / "prepare-rootfs.sh"
+    subprocess.run([str(prepare), "up"], check=True, capture_output=True)
+    try:
+        completed = run_runc(bundle)
+    finally:
+        subprocess.run([str(prepare), "down"], check=True, capture_output=True)
+    assert not os.path.ismount(bundle / "rootfs")
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0] == "bound"
+    assert "host-root" in lines
+    assert lines[-1].split() == ["NoNewPrivs:", "1"]
 
 
 # -- the magics ----------------------------------------------------------------------------------
