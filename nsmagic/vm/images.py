@@ -41,6 +41,7 @@ V2_MODULES = (
 )
 
 READY_MARKER = "NSMAGIC-READY"
+INIT_MARKER = "NSMAGIC-INIT"  # the micro guest's init runs: the kernel has booted
 EXIT_MARKER = "NSMAGIC-EXIT"
 # Where the per-run host folder is mounted inside the chroot; /run is a guest tmpfs, so the
 # mount point can be created although the host root is read-only.
@@ -71,6 +72,7 @@ MICRO_WORKLOADS = ("cpu", "memory", "idle")
 # prefix so that the host can find it even when a printk lands in the middle of a line.
 _MICRO_INIT = f"""#!/bin/sh
 export PATH=/bin
+echo "{INIT_MARKER}"
 mount -t proc proc /proc
 read up idle < /proc/uptime
 echo "{READY_MARKER} uptime=$up"

@@ -111,10 +111,16 @@ def test_concurrent_builds_agree(tmp_path: Path) -> None:
 
 def test_micro_vm_boots_and_reports_sane_figures() -> None:
     need_qemu()
-    result = boot("micro", memory="256M", timeout=BOOT_TIMEOUT)
+    stages: list[tuple[str, float]] = []
+    result = boot("micro", memory="256M", timeout=BOOT_TIMEOUT,
+                  on_stage=lambda name, at: stages.append((name, at)))
     print(result.summary())
     assert_no_qemu_left()
     assert result.ready, result.console[-2000:]
+    # The boot's stages as they were reached, read from the guest's console on the way.
+    assert [name for name, _ in stages] == ["launched", "init", "ready", "stopped"]
+    assert [at for _, at in stages] == sorted(at for _, at in stages)
+    assert 0 < result.init_wall_s <= result.boot_wall_s < result.total_wall_s
     assert result.accel in ("kvm", "tcg")
     assert result.emulated == (result.accel == "tcg")
     assert result.accel == ("kvm" if kvm_works()[0] else "tcg")
