@@ -182,6 +182,9 @@ def _view_plan(spec: ContainerSpec, bundle: Path, root_ids: tuple[int, int] | No
         notes.append("writes go to tmpfs layers that vanish with the container, as in "
                      "nsmagic, except that / itself is read-only: a new entry at the top "
                      "of the root is refused (its directories are writable tmpfs mounts).")
+    if root_ids is not None and os.geteuid() not in (0, root_ids[0]):
+        notes.append(f"the skeleton belongs to uid {os.geteuid()}, not to root inside "
+                     f"(uid {root_ids[0]} outside): export as root to give it to that uid.")
     if "user" in spec.namespaces:
         notes.append("user namespace: runc opens the sources of bind mounts on the host, "
                      "so the container's own /etc files are the bundle's "
@@ -234,10 +237,10 @@ def _write_skeleton(rootfs: Path, skeleton: Skeleton) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         _write(target, text, mode)
         made.append(target)
-    if skeleton.owner is not None:
+    if skeleton.owner is not None and os.geteuid() == 0:
         # Root of the user namespace must own its root's directories and layers (runc's
         # tmpcopyup copies owners, and overlayfs copies up as root inside), as Docker's
-        # userns-remap chowns an image.
+        # userns-remap chowns an image. (Written by a user, they are that user's already.)
         for path in {*made, *(p for m in made for p in _parents_within(m, rootfs))}:
             os.lchown(path, *skeleton.owner)
 
@@ -340,7 +343,9 @@ def _prepare_script() -> str:
 
 
 def _write(path: Path, text: str, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    if path.is_file() and not path.is_symlink():
+        path.unlink()  # a read-only seed of an earlier export into this bundle
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.chmod(path, mode)
