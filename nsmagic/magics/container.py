@@ -18,7 +18,14 @@ from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import ContainerSetupError, SpecError
 from nsmagic.runtime import groups
 from nsmagic.runtime.container import Container, ContainerResult
-from nsmagic.runtime.named import MANAGER, ManagedContainer
+from nsmagic.runtime.named import (
+    MANAGER,
+    BackgroundCell,
+    ExecResult,
+    ManagedContainer,
+    options_fixed_at_start,
+    script_for,
+)
 from nsmagic.runtime.options import CONTAINER_OPTIONS, build_spec, keywords_from_args
 from nsmagic.runtime.spec import ContainerSpec, validate_name
 
@@ -69,7 +76,9 @@ class ContainerMagics(Magics):
     @argument("--bg", action="store_true",
               help="return at once; output goes to the container's log and this cell")
     @argument("--name", help="name of a --bg run, for %%container logs/wait/stop")
-    @argument("--timeout", help="kill the container after this many seconds")
+    @argument("--timeout", help="kill the container after this many seconds (in a named "
+                                "container: interrupt the cell, kill it only if it will not "
+                                "stop)")
     @argument("--no-raise", action="store_true",
               help="report a failure as a message instead of failing the cell")
     @argument("-o", "--output-result", action="store_true",
@@ -93,13 +102,14 @@ class ContainerMagics(Magics):
         """
         args = self._parse(self.container, line)
         name, kind, shell = _split_command(args.command, args.shell)
+        if name is not None:
+            _check_named_cell_options(name, args)
+        elif args.name is not None and not args.bg:
+            raise UsageError("--name names a background run: %%container --bg --name NAME.")
         inputs = self._inputs(args.inputs)
         outputs = _names(args.outputs, "--out")
         if name is not None:
-            if args.export_oci:
-                raise UsageError("--export-oci exports a new container's spec; for a named "
-                                 f"one use %container export {name} --oci DIR.")
-            return self._exec_in_named(name, args, cell, kind, inputs, outputs)
+            return self._exec_in_named(name, args, cell, kind, shell, inputs, outputs)
         spec, notes = self._spec_from(args)
         if args.export_oci:
             self._export_oci(spec, args.export_oci, cell, kind, shell, args.quiet)
@@ -109,6 +119,8 @@ class ContainerMagics(Magics):
         count = getattr(self.shell, "execution_count", 0)
         source_options = ({"filename": f"Cell In[{count}] (container)", "first_line": 2}
                           if kind == "python" else {"filename": shell})
+        if kind == "shell":
+            cell = script_for(shell, cell)  # a shell payload is run by /bin/sh
         if args.bg:
             return self._run_in_background(args, spec, cell, kind, source_options, inputs,
                                            outputs)
@@ -125,13 +137,12 @@ class ContainerMagics(Magics):
             with _live_plot(container.spec.container_id, args.plot):
                 result = container.wait(on_stdout=_write_stdout, on_stderr=_write_stderr,
                                         timeout=args.timeout)
-        except ContainerSetupError as error:
+        except (ContainerSetupError, TimeoutError) as error:
+            message = f"{error}; it was killed" if isinstance(error, TimeoutError) else str(error)
             if args.no_raise:
-                print(f"ContainerError: {error}", file=sys.stderr)
+                print(f"ContainerError: {message}", file=sys.stderr)
                 return None
-            raise ContainerError(str(error)) from None
-        except TimeoutError as error:
-            raise ContainerError(f"{error}; it was killed") from None
+            raise ContainerError(message) from None
         finally:
             container.close()
         # Reachable from -o: the limits in force (for --cgroup, the group's own).
@@ -161,30 +172,23 @@ class ContainerMagics(Magics):
         if errors:
             raise ContainerError(next(iter(errors.values())))
 
-    def _exec_in_named(self, name: str, args: Any, cell: str, kind: str,
+    def _exec_in_named(self, name: str, args: Any, cell: str, kind: str, shell: str,
                        inputs: dict[str, Any] | None, outputs: tuple[str, ...]) -> Any:
-        given = [o for o in ("hostname", "cpus", "memory", "pids", "net", "rootfs", "cgroup")
-                 if getattr(args, o)]
-        if given:
-            raise UsageError(f"--{given[0]} is set when a container starts; {name!r} is "
-                             "running already (options apply to %container start).")
+        count = getattr(self.shell, "execution_count", 0)
+        options = {"kind": kind, "shell": shell or None, "inputs": inputs, "outputs": outputs,
+                   "filename": f"Cell In[{count}] ({name})", "first_line": 2,
+                   "timeout": args.timeout}
         try:
             managed = MANAGER.get(name)
-            count = getattr(self.shell, "execution_count", 0)
-            result = managed.exec(cell, kind=kind, inputs=inputs, outputs=outputs,
-                                  filename=f"Cell In[{count}] ({name})", first_line=2,
-                                  on_stdout=_write_stdout, on_stderr=_write_stderr)
+            if args.bg:
+                return self._exec_in_background(managed, args, cell, options)
+            with _live_plot(managed.spec.container_id, args.plot):
+                result = managed.exec(cell, on_stdout=_write_stdout, on_stderr=_write_stderr,
+                                      **options)
         except SpecError as error:
             raise UsageError(str(error)) from None
         self.shell.user_ns.update(result.outputs)
-        if result.exception is not None:
-            failure = ContainerError(str(result.exception), result.exception.traceback)
-        elif result.exit_code != 0:
-            failure = ContainerError(f"the cell ended with exit status {result.exit_code}")
-        else:
-            failure = None
-        if failure is None and result.output_errors:
-            failure = ContainerError(next(iter(result.output_errors.values())))
+        failure = _cell_failure(result)
         if failure is not None:
             if args.no_raise:
                 print("".join(failure._render_traceback_()), file=sys.stderr)
@@ -192,20 +196,49 @@ class ContainerMagics(Magics):
                 raise failure
         return result if args.output_result else None
 
+    def _exec_in_background(self, managed: ManagedContainer, args: Any, cell: str,
+                            options: dict[str, Any]) -> BackgroundCell | None:
+        """%%container NAME --bg: the cell runs in NAME from a thread; its output shows under
+        this cell (and in NAME's log), and %container wait NAME waits for it."""
+        write = live_output()
+        stop_plot = _background_plot(managed.spec.container_id, args.plot)
+
+        def ended(result: ExecResult) -> None:
+            stop_plot()
+            failure = _cell_failure(result)
+            if failure is not None:
+                write("stderr", "".join(failure._render_traceback_()) + "\n")
+
+        background = managed.exec_background(
+            cell, on_stdout=lambda text: write("stdout", text),
+            on_stderr=lambda text: write("stderr", text), on_end=ended, **options)
+        if not args.quiet:
+            print(f"nsmagic: running in the background in {managed.name!r}: "
+                  f"%container wait {managed.name} waits for the cell, logs {managed.name} "
+                  "shows its output", file=sys.stderr)
+        return background if args.output_result else None
+
     def _run_in_background(self, args: Any, spec: ContainerSpec, cell: str, kind: str,
                            source_options: dict, inputs: dict[str, Any] | None,
                            outputs: tuple[str, ...]) -> Any:
         try:
             managed = MANAGER.run_background(spec, cell, kind=kind, name=args.name,
-                                             inputs=inputs, outputs=outputs, **source_options)
+                                             inputs=inputs, outputs=outputs,
+                                             timeout=args.timeout, **source_options)
         except SpecError as error:
             raise UsageError(str(error)) from None
         except ContainerSetupError as error:
+            if args.no_raise:
+                print(f"ContainerError: {error}", file=sys.stderr)
+                return None
             raise ContainerError(str(error)) from None
+        # The plot stops by itself when the container ends.
+        _background_plot(spec.container_id, args.plot)
         show_live_output(managed)
-        print(f"nsmagic: running in the background as {managed.name!r}: "
-              f"%container logs {managed.name} / wait {managed.name} / stop {managed.name}",
-              file=sys.stderr)
+        if not args.quiet:
+            print(f"nsmagic: running in the background as {managed.name!r}: %container logs "
+                  f"{managed.name} / wait {managed.name} / stop {managed.name}",
+                  file=sys.stderr)
         return managed if args.output_result else None
 
     @staticmethod
@@ -291,27 +324,35 @@ class ContainerMagics(Magics):
         name, options = rest[0], shlex.join(rest[1:])
         validate_name(name)
         args = self._parse(self.container, options)
-        if (args.command or args.shell or args.bg or args.inputs or args.outputs
-                or args.export_oci):
-            raise UsageError("%container start takes container options only (limits, "
-                             "namespaces, --net, filesystems); cells go to %%container NAME.")
+        if args.command or args.shell:
+            raise UsageError("%container start takes options only; the cell's code goes to "
+                             f"%%container {name} (with 'bash' or 'sh' for a script).")
+        cell_only = [flag for flag, given in CELL_ONLY_OPTIONS.items() if getattr(args, given)]
+        if cell_only:
+            raise UsageError(f"%container start takes container options (limits, namespaces, "
+                             f"--net, filesystems); {cell_only[0]} is a cell's: "
+                             f"%%container {name} {cell_only[0]} ...")
         if name in SHELLS:
             raise UsageError(f"{name!r} cannot name a container (it means a shell here).")
         spec, notes = self._spec_from(args)
         spec = replace(spec, name=name)
         try:
             managed = MANAGER.start(name, spec)
+            if managed.done.is_set():
+                MANAGER.remove(name, force=True)
+                raise ContainerSetupError(f"container {name!r} ended at once: "
+                                          f"{managed.result.describe()}")
         except ContainerSetupError as error:
+            if args.no_raise:
+                print(f"ContainerError: {error}", file=sys.stderr)
+                return None
             raise ContainerError(str(error)) from None
-        for note in notes:
-            print(f"nsmagic: {note}", file=sys.stderr)
-        if managed.done.is_set():
-            MANAGER.remove(name, force=True)
-            raise ContainerError(f"container {name!r} ended at once: "
-                                 f"{managed.result.describe()}")
-        address = f", address {managed.result.address}" if managed.result.address else ""
-        print(f"started {name} (pid {managed.result.pid}{address})")
-        return None
+        if not args.quiet:
+            for note in notes:
+                print(f"nsmagic: {note}", file=sys.stderr)
+            address = f", address {managed.result.address}" if managed.result.address else ""
+            print(f"started {name} (pid {managed.result.pid}{address})")
+        return managed if args.output_result else None
 
     def _container_ls(self, rest: list[str], text: str) -> Any:
         from nsmagic.runtime.listing import container_table
@@ -345,11 +386,16 @@ class ContainerMagics(Magics):
         timeout = _positive_seconds(rest[1], "%container wait TIMEOUT") if len(rest) == 2 \
             else None
         try:
-            result = managed.wait(timeout)
+            # A named container's background cell, else the container itself.
+            if managed.background is not None:
+                result = managed.background.wait(timeout)
+                print(f"{managed.name}: the background cell ended: {result.describe()}")
+            else:
+                result = managed.wait(timeout)
+                print(f"{managed.name}: {managed.describe()}")
         except TimeoutError as error:
             raise ContainerError(str(error)) from None
         self.shell.user_ns.update(result.outputs)
-        print(f"{managed.name}: {result.describe()}")
         return result
 
     def _container_stop(self, rest: list[str], text: str) -> None:
@@ -436,6 +482,41 @@ def _check_common_options(args: Any) -> None:
             raise UsageError(f"--{option} needs a value.")
 
 
+# Options of a cell, which %container start refuses (flag -> its parsed name).
+CELL_ONLY_OPTIONS = {"--bg": "bg", "--in": "inputs", "--out": "outputs", "--plot": "plot",
+                     "--timeout": "timeout", "--name": "name", "--export-oci": "export_oci"}
+
+
+def _check_named_cell_options(name: str, args: Any) -> None:
+    """A cell in a named container takes the cell's options; the container's own were set
+    by %container start."""
+    fixed = options_fixed_at_start(args)
+    if "--export-oci" in fixed:
+        raise UsageError(f"--export-oci writes a bundle of a container as %container start "
+                         f"makes it; for {name!r} use %container export {name} --oci DIR.")
+    if fixed:
+        raise UsageError(f"{fixed[0]} is set when a container starts, and {name!r} runs "
+                         f"already: give it to %container start (for a new container).")
+    if args.name is not None:
+        raise UsageError(f"--name names a new background run; this cell runs in {name!r} "
+                         f"(%%container {name} --bg runs it in the background there).")
+
+
+def _cell_failure(result: ExecResult) -> ContainerError | None:
+    """How a cell in a named container failed, as the error the cell shows (None: it did
+    not)."""
+    if result.ok:
+        if result.output_errors:
+            return ContainerError(next(iter(result.output_errors.values())))
+        return None
+    stopped = result.timed_out is not None or result.killed or result.ended is not None
+    if result.exception is not None and not stopped:
+        return ContainerError(str(result.exception), result.exception.traceback)
+    if stopped:
+        return ContainerError(result.describe())
+    return ContainerError(f"the cell ended with {result.describe()}")
+
+
 def _split_command(words: list[str], shell_flag: bool) -> tuple[str | None, str, str]:
     """[NAME] [bash|sh] -> (name or None, kind, shell path)."""
     words = list(words)
@@ -467,11 +548,11 @@ def _names(text: str | None, option: str) -> tuple[str, ...]:
     return names
 
 
-def show_live_output(managed: ManagedContainer) -> None:
-    """Show a background container's output under the cell that started it, as it comes.
+def live_output() -> Any:
+    """write(stream, text) that shows text under the cell running now, even after it ends.
 
-    In Jupyter an Output widget, filled from the reader thread, stays attached to this cell
-    even while other cells run; elsewhere the text is printed.
+    In Jupyter an Output widget, filled from a reader thread, stays attached to this cell
+    even while other cells run; elsewhere the text is printed to the process's own streams.
     """
     try:
         from IPython import get_ipython
@@ -480,15 +561,29 @@ def show_live_output(managed: ManagedContainer) -> None:
         if "ZMQ" not in type(get_ipython()).__name__:
             raise ImportError
     except ImportError:
-        managed.follow(lambda stream, text: (sys.__stdout__ if stream == "stdout"
-                                             else sys.__stderr__).write(text), replay=True)
-        return
+        return lambda stream, text: (sys.__stdout__ if stream == "stdout"
+                                     else sys.__stderr__).write(text)
     from IPython.display import display
 
     area = Output()
     display(area)
-    managed.follow(lambda stream, text: (area.append_stdout if stream == "stdout"
-                                         else area.append_stderr)(text), replay=True)
+    return lambda stream, text: (area.append_stdout if stream == "stdout"
+                                 else area.append_stderr)(text)
+
+
+def show_live_output(managed: ManagedContainer) -> None:
+    """Show a background container's output under the cell that started it, as it comes."""
+    managed.follow(live_output(), replay=True)
+
+
+def _background_plot(container_id: str, wanted: bool) -> Any:
+    """The live plot of a container under this cell, for a run in the background; returns
+    the function that stops it (it stops by itself when the container ends)."""
+    if not wanted:
+        return lambda: None
+    from nsmagic.widgets import show_dashboard  # matplotlib loads only when a plot is asked
+
+    return show_dashboard([container_id], stop_when_done=True, title=None, fps=2.0).stop
 
 
 def _live_plot(container_id: str, wanted: bool) -> Any:

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import select
+import shlex
 import signal
 import socket
 import threading
@@ -27,12 +28,33 @@ from nsmagic.runtime.container import (
     RemoteException,
 )
 from nsmagic.runtime.launcher import Launcher
+from nsmagic.runtime.options import CONTAINER_OPTIONS
 from nsmagic.runtime.spec import ContainerSpec, validate_name
 
 LOG_LINES = 10_000
 # After Ctrl-C in a cell of a named container: how long its code gets to stop before the
 # whole container is killed (a named container outlives an interrupted cell otherwise).
 EXEC_INTERRUPT_GRACE_S = 1.0
+# A named container has these from its start, beside CONTAINER_OPTIONS: the group it runs in
+# and the OCI bundle written of it. A cell in it cannot change any of them.
+FIXED_AT_START_EXTRA = ("--cgroup", "--export-oci")
+
+
+def options_fixed_at_start(args: Any) -> list[str]:
+    """The flags given on a parsed command line that only a container's start can apply
+    (limits, namespaces, network, filesystems, environment, ...): a cell in a named
+    container runs in the container as %container start made it."""
+    flags = [option.flags[0] for option in CONTAINER_OPTIONS] + list(FIXED_AT_START_EXTRA)
+    return [flag for flag in flags
+            if getattr(args, flag.lstrip("-").replace("-", "_"), None) not in (None, False, [])]
+
+
+def script_for(shell: str | None, source: str) -> str:
+    """A script that runs source with this shell (bash, say) when /bin/sh runs it: shell
+    payloads and a named container's shell cells are run by /bin/sh."""
+    if shell in (None, "/bin/sh"):
+        return source
+    return f"exec {shlex.quote(shell)} -c {shlex.quote(source)}"
 
 
 @dataclass
@@ -45,11 +67,62 @@ class ExecResult:
     output_errors: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
     elapsed_s: float = 0.0
+    container: str = ""
+    timed_out: float | None = None  # the timeout (s) after which the cell was interrupted
+    killed: bool = False  # the cell would not stop when interrupted: the container was killed
+    ended: str | None = None  # how the container ended, when it ended during the cell
 
     @property
     def ok(self) -> bool:
         """True when the cell ran to its end."""
-        return self.exit_code == 0 and self.exception is None and not self.interrupted
+        return (self.exit_code == 0 and self.exception is None and not self.interrupted
+                and self.timed_out is None and self.ended is None)
+
+    def describe(self) -> str:
+        """One line on how the cell ended: 'exit status 0', 'raised ValueError: ...', or
+        what became of the container."""
+        name = f"container {self.container!r}" if self.container else "the container"
+        why = (f"timed out after {self.timed_out:g} s" if self.timed_out is not None
+               else "interrupted")
+        if self.killed:
+            return f"{why}; the cell would not stop, so {name} was killed"
+        if self.timed_out is not None:
+            return f"{why}; the cell was interrupted and {name} runs on"
+        if self.ended is not None:
+            return f"{self.ended}; {name} has ended"
+        if self.interrupted:
+            return "interrupted"
+        if self.exception is not None:
+            return f"raised {self.exception}"
+        return f"exit status {self.exit_code}"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(f"<ExecResult: {self.describe()} in {self.elapsed_s * 1000:.1f} ms>")
+
+
+class BackgroundCell:
+    """A cell running in a named container's background (one at a time per container)."""
+
+    def __init__(self, container: str) -> None:
+        self.container = container
+        self.done = threading.Event()
+        self.result: ExecResult | None = None
+
+    @property
+    def state(self) -> str:
+        """running or done."""
+        return "done" if self.done.is_set() else "running"
+
+    def wait(self, timeout: float | None = None) -> ExecResult:
+        """Block until the cell ends; TimeoutError if it still runs after timeout."""
+        if not self.done.wait(timeout):
+            raise TimeoutError(f"the background cell in {self.container!r} still runs after "
+                               f"{timeout:g} s")
+        return self.result
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        how = self.result.describe() if self.result is not None else "running"
+        printer.text(f"<BackgroundCell in {self.container!r}: {how}>")
 
 
 class ManagedContainer:
@@ -72,6 +145,8 @@ class ManagedContainer:
         self.started_at = time.time()
         self._thread: threading.Thread | None = None
         self._failure: NsmagicError | None = None
+        self.background: BackgroundCell | None = None  # an agent's latest background cell
+        self.timeout: float | None = None  # a background run's, once it has passed
 
     # -- starting ----------------------------------------------------------------------------
     def start_agent(self) -> ManagedContainer:
@@ -91,22 +166,41 @@ class ManagedContainer:
             raise self._failure
         return self
 
-    def start_background(self, source: str, kind: str = "python", **options: Any
-                         ) -> ManagedContainer:
-        """Run one payload in the background; output goes to the log and to followers."""
+    def start_background(self, source: str, kind: str = "python",
+                         timeout: float | None = None, **options: Any) -> ManagedContainer:
+        """Run one payload in the background; output goes to the log and to followers.
+        After timeout seconds it is killed (self.timeout then says so)."""
         self.kind = "background"
         self.container.start(source, kind=kind, **options)
+        # A timer kills it, and wait() below still reads how it ended (Container.wait's own
+        # timeout gives up on reading instead).
+        timer = threading.Timer(timeout, self._time_out, (timeout,)) if timeout else None
 
         def run() -> None:
             try:
+                if timer is not None:
+                    timer.start()
                 self.container.wait(on_stdout=lambda t: self._emit("stdout", t),
                                     on_stderr=lambda t: self._emit("stderr", t))
             finally:
+                if timer is not None:
+                    timer.cancel()
                 self.done.set()
 
         self._thread = threading.Thread(target=run, daemon=True, name=f"nsmagic-{self.name}")
         self._thread.start()
         return self
+
+    def _time_out(self, timeout: float) -> None:
+        if self.done.is_set() or self.container.ended:
+            return
+        self.timeout = timeout
+        self._emit("stderr", f"nsmagic: still running after its timeout of {timeout:g} s: "
+                             "killed\n")
+        try:
+            self.container.send_signal(signal.SIGKILL)
+        except OSError:
+            pass  # it ended (and its pidfd was closed) meanwhile
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -144,6 +238,17 @@ class ManagedContainer:
         """Everything it printed (the last LOG_LINES chunks), in order."""
         return "".join(text for _, _, text in self.log)
 
+    def describe(self) -> str:
+        """How it ended (or 'running'), as %container ls and wait say it."""
+        if not self.done.is_set():
+            return "running"
+        if self.timeout is not None:
+            return f"killed after its timeout of {self.timeout:g} s"
+        return self.result.describe()
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(f"<ManagedContainer {self.name!r}: {self.describe()}>")
+
     def wait(self, timeout: float | None = None) -> ContainerResult:
         """Block until it ends; TimeoutError if it is still running after timeout."""
         if not self.done.wait(timeout):
@@ -170,48 +275,112 @@ class ManagedContainer:
     def exec(self, source: str, kind: str = "python", filename: str = "<container>",
              first_line: int = 1, inputs: dict[str, Any] | None = None,
              outputs: tuple[str, ...] = (), on_stdout: OutputCallback | None = None,
-             on_stderr: OutputCallback | None = None) -> ExecResult:
-        """Run a cell in this container's main process; Ctrl-C interrupts the cell."""
+             on_stderr: OutputCallback | None = None, shell: str | None = None,
+             timeout: float | None = None) -> ExecResult:
+        """Run a cell in this container's main process; Ctrl-C interrupts the cell.
+
+        shell: for kind 'shell', the shell to run it with (/bin/sh by default). timeout: after
+        this many seconds the cell is interrupted, and if it will not stop, the container is
+        killed (the result says which).
+        """
+        request = self._request(source, kind, filename, first_line, inputs, outputs, shell)
+        self._claim_exec()
+        try:
+            return self._run_cell(request, on_stdout, on_stderr, timeout)
+        finally:
+            self._exec_lock.release()
+
+    def exec_background(self, source: str, kind: str = "python",
+                        filename: str = "<container>", first_line: int = 1,
+                        inputs: dict[str, Any] | None = None, outputs: tuple[str, ...] = (),
+                        on_stdout: OutputCallback | None = None,
+                        on_stderr: OutputCallback | None = None, shell: str | None = None,
+                        timeout: float | None = None,
+                        on_end: Callable[[ExecResult], None] | None = None) -> BackgroundCell:
+        """Run a cell in this container from a thread and return at once; its output goes to
+        the callbacks and the log, on_end(result) is called when it ends. Other cells are
+        refused until then."""
+        request = self._request(source, kind, filename, first_line, inputs, outputs, shell)
+        self._claim_exec()  # here, so that a cell sent right after this one is refused
+        cell = BackgroundCell(self.name)
+
+        def run() -> None:
+            try:
+                cell.result = self._run_cell(request, on_stdout, on_stderr, timeout)
+            except Exception as error:  # noqa: BLE001 - the container was removed under it
+                cell.result = ExecResult(exit_code=-1, container=self.name,
+                                         ended=f"lost ({error})" if not self.done.is_set()
+                                         else self.result.describe())
+            finally:
+                self._exec_lock.release()
+                cell.done.set()
+            if on_end is not None:
+                try:
+                    on_end(cell.result)
+                except Exception:  # noqa: BLE001 - a broken viewer must not break the cell
+                    pass
+
+        self.background = cell
+        threading.Thread(target=run, daemon=True, name=f"nsmagic-{self.name}-cell").start()
+        return cell
+
+    def _request(self, source: str, kind: str, filename: str, first_line: int,
+                 inputs: dict[str, Any] | None, outputs: tuple[str, ...],
+                 shell: str | None) -> dict[str, Any]:
         if self.kind != "agent":
             raise SpecError(f"{self.name!r} is a background run, not a container started with "
                             "%container start; it cannot run other cells.")
         if self.done.is_set():
             raise SpecError(f"container {self.name!r} has exited ({self.result.describe()}); "
                             f"%container rm {self.name} removes it.")
-        request = {"source": source, "kind": kind, "filename": filename,
-                   "first_line": first_line, "outputs": list(outputs),
-                   "inputs": transfer.pack(inputs) if inputs else None}
+        if kind == "shell":
+            source = script_for(shell, source)
+        return {"source": source, "kind": kind, "filename": filename,
+                "first_line": first_line, "outputs": list(outputs),
+                "inputs": transfer.pack(inputs) if inputs else None}
+
+    def _claim_exec(self) -> None:
+        # The agent runs one cell at a time: a second one would wait unseen, so say why not.
+        if not self._exec_lock.acquire(blocking=False):
+            raise SpecError(f"container {self.name!r} is busy with a background cell: "
+                            f"%container wait {self.name} waits for it.")
+
+    def _run_cell(self, request: dict[str, Any], on_stdout: OutputCallback | None,
+                  on_stderr: OutputCallback | None, timeout: float | None) -> ExecResult:
+        """Send the cell and read its reply; the caller holds the exec lock."""
+        result = ExecResult(exit_code=-1, container=self.name)
         began = time.perf_counter()
-        with self._exec_lock:
-            self._sink = {"stdout": on_stdout, "stderr": on_stderr}
-            try:
-                protocol.send_frame(self.container.data, pickle.dumps(request))
-                reply, packed, interrupted = self._await_reply()
-            finally:
-                self._drain()
-                self._sink = {"stdout": None, "stderr": None}
+        self._sink = {"stdout": on_stdout, "stderr": on_stderr}
+        try:
+            protocol.send_frame(self.container.data, pickle.dumps(request))
+            reply, packed = self._await_reply(result, timeout)
+        finally:
+            self._drain()
+            self._sink = {"stdout": None, "stderr": None}
         if reply is None:
-            result = ExecResult(exit_code=-1, interrupted=interrupted,
-                                exception=RemoteException("ContainerExited",
-                                                          self.result.describe(), []))
+            result.ended = self.result.describe()
         else:
-            result = _exec_result(reply, interrupted)
+            _read_reply(reply, result)
             if packed is not None:
                 result.outputs, result.output_errors = transfer.unpack_reply(*packed)
         result.elapsed_s = time.perf_counter() - began
-        if interrupted:
+        if result.interrupted:
             raise KeyboardInterrupt
         return result
 
-    def _await_reply(self) -> tuple[dict | None, list[bytes] | None, bool]:
-        """Read the reply frames; pump output meanwhile; handle Ctrl-C."""
-        interrupted = False
-        deadline = None
+    def _await_reply(self, result: ExecResult, timeout: float | None
+                     ) -> tuple[dict | None, list[bytes] | None]:
+        """Read the reply frames; pump output meanwhile; handle Ctrl-C and the timeout
+        (both interrupt the cell; if it does not stop within the grace, the container is
+        killed)."""
+        grace_ends = None
+        cell_ends = None if timeout is None else time.monotonic() + timeout
         frames: list[bytes] = []
         data = self.container.data
         while len(frames) < 3:
             try:
-                wait_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ends = grace_ends if grace_ends is not None else cell_ends
+                wait_s = None if ends is None else max(0.0, ends - time.monotonic())
                 ready, _, _ = select.select([data, *self._pipe_fds()], [], [], wait_s)
                 if data in ready:
                     try:
@@ -219,25 +388,33 @@ class ManagedContainer:
                     except NsmagicError:
                         frame = None  # a reply past the limit: the container broke the rules
                     if frame is None:
-                        return None, None, interrupted
+                        return None, None
                     frames.append(frame)
                 else:
                     self._read_pipes(ready)
-                if deadline is not None and time.monotonic() >= deadline and len(frames) < 3:
+                now = time.monotonic()
+                if grace_ends is not None and now >= grace_ends and len(frames) < 3:
+                    result.killed = True
                     self.container.send_signal(signal.SIGKILL)  # the cell would not stop
-                    return None, None, interrupted
+                    return None, None
+                if grace_ends is None and cell_ends is not None and now >= cell_ends:
+                    result.timed_out = timeout
+                    self.container.send_signal(signal.SIGINT)  # pid 1 forwards it to the cell
+                    grace_ends = now + EXEC_INTERRUPT_GRACE_S
             except KeyboardInterrupt:
-                if interrupted:
+                if result.interrupted:  # a second Ctrl-C: no more patience
+                    result.killed = True
                     self.container.send_signal(signal.SIGKILL)
                     continue
-                interrupted = True
-                self.container.send_signal(signal.SIGINT)  # pid 1 forwards it to the cell
-                deadline = time.monotonic() + EXEC_INTERRUPT_GRACE_S
+                result.interrupted = True
+                if grace_ends is None:
+                    self.container.send_signal(signal.SIGINT)
+                    grace_ends = time.monotonic() + EXEC_INTERRUPT_GRACE_S
         try:
             reply = json.loads(frames[0])
         except ValueError:
             reply = {}
-        return (reply if isinstance(reply, dict) else {}), frames[1:], interrupted
+        return (reply if isinstance(reply, dict) else {}), frames[1:]
 
     # -- output plumbing -----------------------------------------------------------------
     def _pipe_fds(self) -> list[int]:
@@ -304,8 +481,8 @@ class ManagedContainer:
             self.done.set()
 
 
-def _exec_result(reply: dict, interrupted: bool) -> ExecResult:
-    """A cell's REPLY frame, from the container: checked field by field."""
+def _read_reply(reply: dict, result: ExecResult) -> None:
+    """A cell's REPLY frame, from the container: checked field by field into result."""
     code = reply.get("exit_code")
     exception = reply.get("exception")
     remote = None
@@ -318,7 +495,7 @@ def _exec_result(reply: dict, interrupted: bool) -> ExecResult:
     if not isinstance(code, int) or isinstance(code, bool):
         code, remote = -1, remote or RemoteException("ProtocolError", "the container's reply "
                                                      "to the cell was malformed", [])
-    return ExecResult(exit_code=code, interrupted=interrupted, exception=remote)
+    result.exit_code, result.exception = code, remote
 
 
 class ContainerManager:
@@ -363,12 +540,13 @@ class ContainerManager:
 
     def run_background(self, spec: ContainerSpec, source: str, kind: str = "python",
                        name: str | None = None, launcher: Launcher | None = None,
-                       **options: Any) -> ManagedContainer:
-        """Run a payload in the background under a name (given, or bg1, bg2, ...)."""
+                       timeout: float | None = None, **options: Any) -> ManagedContainer:
+        """Run a payload in the background under a name (given, or bg1, bg2, ...); after
+        timeout seconds it is killed."""
         name = self._claim_name(name)
         try:
             managed = ManagedContainer(name, spec, launcher).start_background(
-                source, kind, **options)
+                source, kind, timeout, **options)
         except BaseException:
             self._release_name(name)
             raise

@@ -193,3 +193,72 @@ def _cgroup_dirs_named(container_id: str) -> list[str]:
         if root.count("/") > 6:
             dirs.clear()
     return found
+
+
+def test_a_timeout_interrupts_the_cell_and_the_container_runs_on(manager):
+    box = manager.start("patient", ContainerSpec.build())
+    result = box.exec("import time\nkept = 1\nwhile True: time.sleep(0.05)", timeout=0.3)
+    assert not result.ok and result.timed_out == 0.3 and not result.killed
+    assert result.exception.type == "KeyboardInterrupt"
+    assert result.describe() == ("timed out after 0.3 s; the cell was interrupted and "
+                                 "container 'patient' runs on")
+    out, _ = out_of(box, "print(kept)")
+    assert out == "1\n"
+
+
+def test_a_cell_that_will_not_stop_at_its_timeout_costs_the_container(manager):
+    box = manager.start("stubborn", ContainerSpec.build())
+    result = box.exec("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                      "while True: time.sleep(0.05)", timeout=0.3)
+    assert result.killed and result.timed_out == 0.3
+    assert result.describe() == ("timed out after 0.3 s; the cell would not stop, so "
+                                 "container 'stubborn' was killed")
+    assert box.wait(5).signal == 9
+
+
+def test_a_background_cell_runs_while_the_caller_goes_on_and_keeps_others_out(manager):
+    box = manager.start("worker", ContainerSpec.build())
+    seen, ended = [], []
+    cell = box.exec_background("import time\nprint('begun', flush=True)\ntime.sleep(0.5)\n"
+                               "answer = 42", outputs=("answer",), on_stdout=seen.append,
+                               on_end=ended.append)
+    assert cell.state == "running"
+    with pytest.raises(SpecError, match="'worker' is busy with a background cell"):
+        box.exec("pass")
+    result = cell.wait(10)
+    assert result.ok and result.outputs == {"answer": 42} and ended == [result]
+    assert seen == ["begun\n"] and box.logs() == "begun\n"
+    out, _ = out_of(box, "print(answer)")
+    assert out == "42\n"
+
+
+def test_shell_cells_run_in_the_shell_asked_for(manager):
+    box = manager.start("shells", ContainerSpec.build())
+    out, _ = out_of(box, 'echo "${BASH_VERSION:+bash}" $0', kind="shell", shell="/bin/bash")
+    assert out == "bash /bin/bash\n"
+    out, _ = out_of(box, 'echo "${BASH_VERSION:-no bash}"', kind="shell")
+    assert out == "no bash\n"  # /bin/sh is dash on Debian
+
+
+def test_a_background_run_is_killed_at_its_timeout(manager):
+    job = manager.run_background(ContainerSpec.build(), "import time\ntime.sleep(30)",
+                                 name="late", timeout=0.3)
+    assert job.wait(10).signal == 9
+    assert job.describe() == "killed after its timeout of 0.3 s"
+
+
+def test_the_options_a_named_container_has_from_its_start():
+    import argparse
+
+    from nsmagic.runtime.named import options_fixed_at_start
+    from nsmagic.runtime.options import add_container_options
+
+    parser = argparse.ArgumentParser()
+    add_container_options(parser)
+    parser.add_argument("--cgroup")
+    parser.add_argument("--export-oci")
+    parser.add_argument("--timeout")
+    assert options_fixed_at_start(parser.parse_args(["--timeout", "3"])) == []
+    assert options_fixed_at_start(parser.parse_args(
+        ["-v", "/x:/y", "--memory", "1G", "--read-only", "--cgroup", "g"])) == [
+        "--memory", "--read-only", "--volume", "--cgroup"]
