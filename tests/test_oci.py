@@ -169,6 +169,18 @@ def test_privileged_drops_seccomp_and_no_new_privs_but_keeps_the_masks(tmp_path)
     validate(config)
 
 
+def test_privileged_read_only_shows_the_view_through_overlays_without_an_upper_layer(tmp_path):
+    # A read-only bind could be remounted read-write by root holding CAP_SYS_ADMIN; an
+    # overlay with no upper layer cannot.
+    config, notes = oci.config_for(build(privileged=True, read_only=True), None, tmp_path)
+    for directory in view.host_view().directories:
+        shown = mount_at(config, directory)
+        assert shown["type"] == "overlay" and "ro" in shown["options"]
+        assert f"lowerdir={directory}:{tmp_path}/rootfs{oci.LAYERS}/none" in shown["options"]
+        assert not any(o.startswith("upperdir=") for o in shown["options"])
+    assert any("cannot lock" in n for n in notes)
+
+
 def test_seccomp_unconfined_drops_only_the_filter(tmp_path):
     config, notes = oci.config_for(build(seccomp=False), None, tmp_path)
     assert "seccomp" not in config["linux"]
@@ -266,10 +278,12 @@ def test_the_schema_files_are_kept_with_their_licence_and_are_of_the_version_we_
     {"net": "bridge", "read_only": True},
     {"namespaces": {"pid", "uts"}},
     {"privileged": True},
+    {"privileged": True, "read_only": True},
     {"seccomp": False},
     {"host_root": True},
 ], ids=["default", "read-only", "limits", "swap-unlimited", "userns-host-net", "userns",
-        "joined-net", "bridge-ro", "no-mount", "privileged", "unconfined", "host-root"])
+        "joined-net", "bridge-ro", "no-mount", "privileged", "privileged-ro", "unconfined",
+        "host-root"])
 def test_exported_configs_validate_against_the_oci_schema(tmp_path, options):
     bundle = oci.write_bundle(build(**options), tmp_path / "bundle", ["/bin/true"])
     written = json.loads((bundle.path / "config.json").read_text())
@@ -509,6 +523,38 @@ def test_runc_and_nsmagic_give_the_same_answers_to_every_protection(bundle_dir, 
     assert not os.path.exists("/usr/nsmagic-oci-probe")
     assert not os.path.exists("/etc/nsmagic-oci-probe")
     assert json.loads(second.stdout)["/usr"] == writes
+
+
+# Root with every capability and no filter tries to make the read-only view writable.
+REMOUNT_PROBE = r"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+MS_REMOUNT, MS_BIND = 32, 4096
+for flags in (MS_REMOUNT | MS_BIND, MS_REMOUNT):
+    libc.mount(b"none", b"/usr", None, flags, None)
+try:
+    open("/usr/nsmagic-oci-privileged-probe", "w").close()
+    print("written")
+except OSError as error:
+    print(os.strerror(error.errno))
+"""
+
+
+@needs_runc
+@pytest.mark.root
+def test_privileged_read_only_root_cannot_make_the_hosts_directories_writable(bundle_dir):
+    spec = ContainerSpec.build(privileged=True, read_only=True)
+    try:
+        ours = nsmagic.run(REMOUNT_PROBE, spec=spec)
+        bundle = oci.export(spec, bundle_dir, ["python3", "-c", REMOUNT_PROBE])
+        theirs = run_runc(bundle)
+    finally:
+        leaked = os.path.exists("/usr/nsmagic-oci-privileged-probe")
+        if leaked:
+            os.unlink("/usr/nsmagic-oci-privileged-probe")
+    assert not leaked
+    assert ours.stdout.strip() == theirs.stdout.strip() == "Read-only file system", (
+        ours.stderr, theirs.stderr)
 
 
 PROBE = r"""

@@ -139,18 +139,7 @@ def _view_plan(spec: ContainerSpec, bundle: Path, root_ids: tuple[int, int] | No
     for index, directory in enumerate(host.directories):
         _add_parents(skeleton, directory)
         skeleton.directories[directory] = _mode_of(directory)
-        if writable and _can_name(directory):
-            skeleton.directories[f"{LAYERS}/{index}/upper"] = _mode_of(directory)
-            skeleton.directories[f"{LAYERS}/{index}/work"] = 0o700
-            options = [*_TMPFS, f"lowerdir={directory}", f"upperdir={layers}/{index}/upper",
-                       f"workdir={layers}/{index}/work"]
-            if "user" in spec.namespaces:
-                options.append("userxattr")  # overlayfs keeps its attributes in user.*
-            mounts.append({"destination": directory, "type": "overlay", "source": "overlay",
-                           "options": options})
-        else:
-            mounts.append({"destination": directory, "type": "bind", "source": directory,
-                           "options": ["bind", "ro"]})
+        mounts.append(_shown(directory, index, layers, writable, spec, skeleton))
     for secret in host.masked:
         if os.path.islink(secret):
             continue
@@ -182,6 +171,11 @@ def _view_plan(spec: ContainerSpec, bundle: Path, root_ids: tuple[int, int] | No
         notes.append("writes go to tmpfs layers that vanish with the container, as in "
                      "nsmagic, except that / itself is read-only: a new entry at the top "
                      "of the root is refused (its directories are writable tmpfs mounts).")
+    if spec.privileged and not writable:
+        notes.append("--privileged --read-only: root inside holds CAP_SYS_ADMIN, and runc "
+                     "cannot lock read-only mounts as nsmagic does, so it could remount "
+                     "/proc/sys, /sys and read-only volumes read-write; the view's "
+                     "directories are overlays with no upper layer, which stay read-only.")
     if root_ids is not None and os.geteuid() not in (0, root_ids[0]):
         notes.append(f"the skeleton belongs to uid {os.geteuid()}, not to root inside "
                      f"(uid {root_ids[0]} outside): export as root to give it to that uid.")
@@ -190,6 +184,30 @@ def _view_plan(spec: ContainerSpec, bundle: Path, root_ids: tuple[int, int] | No
                      "so the container's own /etc files are the bundle's "
                      f"{ROOTFS_DIR}{LAYERS}/etc/ files themselves (writes there are kept).")
     return plan
+
+
+def _shown(directory: str, index: int, layers: str, writable: bool, spec: ContainerSpec,
+           skeleton: Skeleton) -> dict[str, Any]:
+    """The mount that shows a host directory at its own path."""
+    if writable and _can_name(directory):
+        skeleton.directories[f"{LAYERS}/{index}/upper"] = _mode_of(directory)
+        skeleton.directories[f"{LAYERS}/{index}/work"] = 0o700
+        options = [*_TMPFS, f"lowerdir={directory}", f"upperdir={layers}/{index}/upper",
+                   f"workdir={layers}/{index}/work"]
+        if "user" in spec.namespaces:
+            options.append("userxattr")  # overlayfs keeps its attributes in user.*
+        return {"destination": directory, "type": "overlay", "source": "overlay",
+                "options": options}
+    if spec.privileged and _can_name(directory) and _can_name(layers):
+        # Root inside holds CAP_SYS_ADMIN and no filter: it could remount a read-only bind
+        # read-write and write the host's files (nsmagic locks read-only mounts; runc has no
+        # lock). An overlay without an upper layer is read-only in itself: overlayfs refuses
+        # to remount it read-write. It needs two lower layers: the second one is empty.
+        skeleton.directories[f"{LAYERS}/none"] = 0o755
+        return {"destination": directory, "type": "overlay", "source": "overlay",
+                "options": ["ro", *_TMPFS, f"lowerdir={directory}:{layers}/none"]}
+    return {"destination": directory, "type": "bind", "source": directory,
+            "options": ["bind", "ro"]}
 
 
 def _can_name(path: str) -> bool:
