@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from nsmagic.cgroups._fs import NAME_PREFIX, owner_of, pid_alive
+from nsmagic.cgroups.devices import DeviceRule
 from nsmagic.cgroups.limits import Limits
 
 
@@ -115,7 +117,7 @@ class Cgroup(abc.ABC):
         return []
 
     def approximations(self) -> list[str]:
-        """Plain-language notes about limits that this driver only approximates."""
+        """Plain-language notes about limits (and device rules) this group only approximates."""
         return []
 
 
@@ -125,8 +127,13 @@ class CgroupDriver(abc.ABC):
     name: str  # "v2", "v1" or "rlimit"
 
     @abc.abstractmethod
-    def create(self, name: str, limits: Limits | None = None) -> Cgroup:
-        """Create a new group under the caller's own cgroup and apply limits."""
+    def create(self, name: str, limits: Limits | None = None,
+               devices: Sequence[DeviceRule] | None = None) -> Cgroup:
+        """Create a new group under the caller's own cgroup and apply limits; with devices, its
+        processes may open or make only those device nodes (None: whatever the parent allows).
+
+        Device rules the host cannot enforce are not an error: approximations() says which.
+        """
 
     @abc.abstractmethod
     def open(self, name: str) -> Cgroup:

@@ -16,6 +16,7 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import fields, replace
 
 import psutil
@@ -23,6 +24,7 @@ import psutil
 from nsmagic.cgroups import _fs
 from nsmagic.cgroups.base import Cgroup, CgroupDriver, CgroupStats
 from nsmagic.cgroups.convert import SHARES_DEFAULT, weight_to_shares
+from nsmagic.cgroups.devices import DeviceRule
 from nsmagic.cgroups.limits import Limits, format_size
 from nsmagic.errors import CapabilityError, SpecError
 
@@ -66,6 +68,7 @@ class RlimitGroup(Cgroup):
         self._cpu_departed = 0.0
         self._peak = 0
         self.removed = False
+        self.devices_asked = False  # device rules cannot be enforced (approximations says so)
         if limits is not None:
             self.apply(limits)
 
@@ -198,6 +201,14 @@ class RlimitGroup(Cgroup):
                 f"The cpuset {limits.cpuset} is CPU affinity (sched_setaffinity), which the "
                 "processes could change back themselves."
             )
+        if self.devices_asked:
+            notes.append(
+                "There is no device policy: without a writable cgroup nothing restricts which "
+                "device nodes the processes open. A container in a user namespace (the "
+                "default without root) cannot make device nodes (mknod needs the host's "
+                "CAP_MKNOD) and what it mounts is nodev, so it can open only the nodes it is "
+                "given and those whose permissions admit its uid on the host."
+            )
         return notes
 
     def _apply_to(self, pid: int) -> None:
@@ -292,12 +303,15 @@ class RlimitDriver(CgroupDriver):
     def __repr__(self) -> str:
         return "RlimitDriver()"
 
-    def create(self, name: str, limits: Limits | None = None) -> RlimitGroup:
-        """A new group in this process's registry."""
+    def create(self, name: str, limits: Limits | None = None,
+               devices: Sequence[DeviceRule] | None = None) -> RlimitGroup:
+        """A new group in this process's registry (device rules are only noted: see
+        approximations())."""
         full = _fs.full_name(name, self.owner_pid)
         if full in _GROUPS:
             raise SpecError(f"a group named {full} already exists.")
         group = RlimitGroup(full, limits)
+        group.devices_asked = devices is not None
         _GROUPS[full] = group
         return group
 

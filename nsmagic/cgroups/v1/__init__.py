@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from nsmagic.cgroups import _fs
 from nsmagic.cgroups.base import Cgroup, CgroupDriver, CgroupStats, StatsReader
+from nsmagic.cgroups.devices import DeviceRule
 from nsmagic.cgroups.limits import Limits
 from nsmagic.cgroups.sampling import FileStatsReader
 from nsmagic.cgroups.v1 import cpu, cpuacct, cpuset, freezer, memory, pids
+from nsmagic.cgroups.v1 import devices as device_controller
 from nsmagic.errors import CapabilityError, SpecError
 
 # cpuset first: its directory must be filled in before any process can be attached.
 MODULES = {m.CONTROLLER: m for m in (cpuset, cpu, cpuacct, memory, pids)}
-HIERARCHIES = ("cpuset", "cpu", "cpuacct", "memory", "pids", "freezer")
+# devices only for groups given device rules: every hierarchy costs each attach a write.
+HIERARCHIES = ("cpuset", "cpu", "cpuacct", "memory", "pids", "freezer", "devices")
 REQUIRED = ("cpu", "memory", "pids")
 # The controllers with live figures, in the order a StatsReader reads them.
 SAMPLED = (cpuacct, cpu, memory)
@@ -59,6 +63,7 @@ class V1Cgroup(Cgroup):
         if not dirs:
             raise ValueError("a v1 group needs at least one directory")
         self.dirs = {c: Path(p) for c, p in dirs.items()}
+        self.notes: list[str] = []  # what creating the group could not enforce
 
     def __repr__(self) -> str:
         return f"V1Cgroup({self.name!r}, {sorted(self.dirs)})"
@@ -114,6 +119,10 @@ class V1Cgroup(Cgroup):
         for path in self.unique_dirs():
             found.update(_fs.read_pids(path / "cgroup.procs"))
         return sorted(found)
+
+    def approximations(self) -> list[str]:
+        """The device rules (asked at creation) this host could not enforce."""
+        return list(self.notes)
 
     def stats(self) -> CgroupStats:
         """Sample every controller (v1 has no per-cgroup pressure files)."""
@@ -210,6 +219,7 @@ class V1Driver(CgroupDriver):
     def __init__(
         self, bases: dict[str, Path | str] | None = None, owner_pid: int | None = None
     ) -> None:
+        problems: dict[str, str] = {}
         if bases is None:
             found, problems = find_bases()
             missing = [c for c in REQUIRED if c not in found]
@@ -221,16 +231,20 @@ class V1Driver(CgroupDriver):
                 )
             bases = dict(found)
         self.bases = {c: Path(p) for c, p in bases.items()}
+        self.problems = problems  # why a hierarchy of HIERARCHIES is not in bases
         self.owner_pid = owner_pid if owner_pid is not None else os.getpid()
 
     def __repr__(self) -> str:
         return f"V1Driver({ {c: str(p) for c, p in self.bases.items()} })"
 
-    def create(self, name: str, limits: Limits | None = None) -> V1Cgroup:
-        """mkdir the group in every hierarchy, fill in its cpuset, then apply limits."""
+    def create(self, name: str, limits: Limits | None = None,
+               devices: Sequence[DeviceRule] | None = None) -> V1Cgroup:
+        """mkdir the group in every hierarchy, fill in its cpuset, restrict its devices (in the
+        devices hierarchy, only with device rules), then apply limits."""
         full = _fs.full_name(name, self.owner_pid)
         limits = limits or Limits()
-        dirs = {c: base / full for c, base in self.bases.items()}
+        dirs = {c: base / full for c, base in self.bases.items()
+                if c != "devices" or devices is not None}
         if any(p.exists() for p in dirs.values()):
             raise SpecError(f"a cgroup named {full} already exists.")
         group = V1Cgroup(dirs)
@@ -244,11 +258,21 @@ class V1Driver(CgroupDriver):
                     ) from exc
                 if controller == "cpuset":
                     cpuset.prepare(path)
+            if devices is not None:
+                group.notes += self._restrict_devices(group, devices)
             group.apply(limits)
         except BaseException:
             group.remove()
             raise
         return group
+
+    def _restrict_devices(self, group: V1Cgroup, rules: Sequence[DeviceRule]) -> list[str]:
+        path = group.dirs.get("devices")
+        if path is None:
+            why = self.problems.get("devices", "nsmagic was given no devices hierarchy")
+            return [f"no device policy: {why} (devices), so this group's processes may open "
+                    "any device node they can make."]
+        return device_controller.apply(path, rules)
 
     def open(self, name: str) -> V1Cgroup:
         """The existing group (even if only some hierarchies still have it); KeyError if none."""

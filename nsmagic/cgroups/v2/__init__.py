@@ -5,13 +5,16 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from nsmagic.cgroups import _fs
 from nsmagic.cgroups.base import Cgroup, CgroupDriver, CgroupStats, StatsReader
+from nsmagic.cgroups.devices import DeviceRule
 from nsmagic.cgroups.limits import Limits
 from nsmagic.cgroups.sampling import FileStatsReader
 from nsmagic.cgroups.v2 import cpu, cpuset, memory, pids
+from nsmagic.cgroups.v2 import devices as device_filter
 from nsmagic.errors import CapabilityError, SpecError
 
 # Order matters only for cpuset: set the CPUs before anything else might be attached.
@@ -52,9 +55,14 @@ class V2Cgroup(Cgroup):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.notes: list[str] = []  # what creating the group could not enforce
 
     def __repr__(self) -> str:
         return f"V2Cgroup({str(self.path)!r})"
+
+    def approximations(self) -> list[str]:
+        """The device rules (asked at creation) this host could not enforce."""
+        return list(self.notes)
 
     def directories(self) -> list[str]:
         """The group's one directory in the unified hierarchy."""
@@ -189,8 +197,10 @@ class V2Driver(CgroupDriver):
     def __repr__(self) -> str:
         return f"V2Driver(base={str(self.base)!r})"
 
-    def create(self, name: str, limits: Limits | None = None) -> V2Cgroup:
-        """mkdir base/nsmagic-<owner>-<name> with the needed controllers, then apply limits."""
+    def create(self, name: str, limits: Limits | None = None,
+               devices: Sequence[DeviceRule] | None = None) -> V2Cgroup:
+        """mkdir base/nsmagic-<owner>-<name> with the needed controllers, attach the device
+        filter (with device rules), then apply limits."""
         full = _fs.full_name(name, self.owner_pid)
         limits = limits or Limits()
         wanted = list(ALWAYS) + (["cpuset"] if limits.cpuset is not None else [])
@@ -206,6 +216,10 @@ class V2Driver(CgroupDriver):
             ) from exc
         group = V2Cgroup(path)
         try:
+            if devices is not None:
+                # Before any process is attached: a filter added later cannot take back a
+                # device node opened meanwhile.
+                group.notes += device_filter.apply(path, devices)
             group.apply(limits)
         except BaseException:
             group.remove()

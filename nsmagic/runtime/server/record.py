@@ -10,6 +10,7 @@ import signal
 import socket
 
 from nsmagic.cgroups.base import Cgroup, CgroupDriver
+from nsmagic.cgroups.devices import CONTAINER_DEVICES
 from nsmagic.cgroups.limits import format_size
 from nsmagic.errors import ContainerSetupError, explain
 from nsmagic.isolation import idmaps, network
@@ -100,7 +101,10 @@ class SupervisedContainer:
             self._oom_kills_before = self.cgroup.stats().oom_kills or 0
         elif self.cgroup_driver is not None:
             step("creating the cgroup")
-            self.cgroup = self.cgroup_driver.create(self.spec.container_id, self.spec.limits)
+            # Docker's device rules, which --privileged gives up (as Docker's does).
+            self.cgroup = self.cgroup_driver.create(
+                self.spec.container_id, self.spec.limits,
+                devices=None if self.spec.privileged else CONTAINER_DEVICES)
         if self.spec.net == "bridge":
             step("creating the container's veth pair on the bridge")
             self.attachment = self.bridge.attach(self.spec.container_id)
