@@ -140,7 +140,25 @@ def _view_plan(spec: ContainerSpec, bundle: Path, root_ids: tuple[int, int] | No
         _add_parents(skeleton, directory)
         skeleton.directories[directory] = _mode_of(directory)
         mounts.append(_shown(directory, index, layers, writable, spec, skeleton))
-    for secret in host.masked:
+    mounts += _hidden_secrets(host.masked, layers)
+    mounts += _own_etc_files("/etc" in host.directories, writable, layers, spec, skeleton)
+    # The layers' tmpfs stays mounted under this one: the overlays and binds hold it.
+    mounts.append({"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+                   "options": [*_TMPFS, "mode=755"] + ([] if writable else ["ro"])})
+    plan = RootPlan("view", ROOTFS_DIR, True, mounts, notes, skeleton)
+    if not _in_view(spec.cwd, skeleton, host.directories):
+        plan.cwd = "/"
+        notes.append(f"the working directory {spec.cwd} is not in the view: the bundle "
+                     "starts in / (nsmagic does the same).")
+    notes += _view_notes(spec, writable, root_ids)
+    return plan
+
+
+def _hidden_secrets(masked: tuple[str, ...], layers: str) -> list[dict[str, Any]]:
+    """The host's secrets in the view: an empty read-only file bound over each file, an
+    empty read-only tmpfs over each directory (nsmagic's masks)."""
+    mounts: list[dict[str, Any]] = []
+    for secret in masked:
         if os.path.islink(secret):
             continue
         if os.path.isdir(secret):
@@ -150,7 +168,13 @@ def _view_plan(spec: ContainerSpec, bundle: Path, root_ids: tuple[int, int] | No
         else:
             mounts.append({"destination": secret, "type": "bind",
                            "source": f"{layers}/empty", "options": ["bind", "ro"]})
-    shown_etc = "/etc" in host.directories
+    return mounts
+
+
+def _own_etc_files(shown_etc: bool, writable: bool, layers: str, spec: ContainerSpec,
+                   skeleton: Skeleton) -> list[dict[str, Any]]:
+    """The container's own /etc files, seeded in the skeleton and bound from the layers."""
+    mounts: list[dict[str, Any]] = []
     for name, text in _etc_files(spec, etc.GENERATED).items():
         target = f"/etc/{name}"
         # As nsmagic: not over a link, and not where a read-only /etc has no such file.
@@ -159,14 +183,13 @@ def _view_plan(spec: ContainerSpec, bundle: Path, root_ids: tuple[int, int] | No
         skeleton.files[f"{LAYERS}/etc/{name}"] = (text, 0o644)
         mounts.append({"destination": target, "type": "bind",
                        "source": f"{layers}/etc/{name}", "options": ["bind", "rw"]})
-    # The layers' tmpfs stays mounted under this one: the overlays and binds hold it.
-    mounts.append({"destination": "/run", "type": "tmpfs", "source": "tmpfs",
-                   "options": [*_TMPFS, "mode=755"] + ([] if writable else ["ro"])})
-    plan = RootPlan("view", ROOTFS_DIR, True, mounts, notes, skeleton)
-    if not _in_view(spec.cwd, skeleton, host.directories):
-        plan.cwd = "/"
-        notes.append(f"the working directory {spec.cwd} is not in the view: the bundle "
-                     "starts in / (nsmagic does the same).")
+    return mounts
+
+
+def _view_notes(spec: ContainerSpec, writable: bool, root_ids: tuple[int, int] | None
+                ) -> list[str]:
+    """What a view bundle does differently from nsmagic with this spec."""
+    notes = []
     if writable:
         notes.append("writes go to tmpfs layers that vanish with the container, as in "
                      "nsmagic, except that / itself is read-only: a new entry at the top "
@@ -175,7 +198,8 @@ def _view_plan(spec: ContainerSpec, bundle: Path, root_ids: tuple[int, int] | No
         notes.append("--privileged --read-only: root inside holds CAP_SYS_ADMIN, and runc "
                      "cannot lock read-only mounts as nsmagic does, so it could remount "
                      "/proc/sys, /sys and read-only volumes read-write; the view's "
-                     "directories are overlays with no upper layer, which stay read-only.")
+                     "directories are overlays with no upper layer, which stay read-only (where "
+                     "overlay options can name their paths).")
     if root_ids is not None and os.geteuid() not in (0, root_ids[0]):
         notes.append(f"the skeleton belongs to uid {os.geteuid()}, not to root inside "
                      f"(uid {root_ids[0]} outside): export as root to give it to that uid.")
@@ -183,7 +207,7 @@ def _view_plan(spec: ContainerSpec, bundle: Path, root_ids: tuple[int, int] | No
         notes.append("user namespace: runc opens the sources of bind mounts on the host, "
                      "so the container's own /etc files are the bundle's "
                      f"{ROOTFS_DIR}{LAYERS}/etc/ files themselves (writes there are kept).")
-    return plan
+    return notes
 
 
 def _shown(directory: str, index: int, layers: str, writable: bool, spec: ContainerSpec,
