@@ -83,7 +83,8 @@ def setup_mount_namespace(options: MountOptions, cgroup_directories: list[str]) 
     volumes = [_take_volume(v) for v in options.volumes]  # 2.
     views = _take_cgroup_views(cgroup_directories)
     try:
-        root = _build_root(options)  # 3.
+        root, layers = _build_root(options)  # 3.
+        warnings += filter(None, [layers.missing])
         _pivot_into(root)
         warnings += _mount_proc_masked(options)  # 4.
         warnings += dev.mount_minimal_dev(OLD_ROOT + "/dev", options.ipc_namespace)  # 5.
@@ -120,9 +121,9 @@ def set_host_name_files(hostname: str, address: str | None = None) -> None:
 
 
 # --- 3. the new root ---------------------------------------------------------------------
-def _build_root(options: MountOptions) -> str:
-    """Assemble the container's root on the staging tmpfs; return its path (a mount)."""
-    rootfs = None
+def _build_root(options: MountOptions) -> tuple[str, _Layers]:
+    """Assemble the container's root on the staging tmpfs; return its path (a mount) and
+    its layers."""
     if options.root != "view":
         rootfs = os.path.realpath(options.root)
         for point in ("proc", "dev", "sys", "tmp"):
@@ -158,11 +159,11 @@ def _build_root(options: MountOptions) -> str:
             _show(f"/proc/self/fd/{held}", root, layers, options.read_only, named=rootfs)
         finally:
             os.close(held)
-        if not options.read_only:
+        if not options.read_only and layers.missing is None:
             for point in ("proc", "dev", "sys", "tmp"):
                 os.makedirs(os.path.join(root, point), exist_ok=True)
         _own_etc_files(root, etc.BOUND)
-    return root
+    return root, layers
 
 
 def _populate(root: str) -> None:
@@ -212,6 +213,7 @@ class _Layers:
         # In a user namespace overlayfs keeps its own attributes in user.* xattrs.
         self.extra = ",userxattr" if in_user_namespace else ""
         self.count = 0
+        self.missing: str | None = None  # why there is no writable layer, if there is none
 
     @staticmethod
     def can_name(path: str) -> bool:
@@ -225,9 +227,20 @@ class _Layers:
             os.makedirs(f"{layer}/upper")
             os.mkdir(f"{layer}/work")
             os.makedirs(target, exist_ok=True)
-            syscalls.mount("overlay", target, "overlay", syscalls.MS_NOSUID | syscalls.MS_NODEV,
-                           f"lowerdir={lower},upperdir={layer}/upper,workdir={layer}/work"
-                           + self.extra)
+            if self.missing is None:
+                try:
+                    syscalls.mount("overlay", target, "overlay",
+                                   syscalls.MS_NOSUID | syscalls.MS_NODEV,
+                                   f"lowerdir={lower},upperdir={layer}/upper,"
+                                   f"workdir={layer}/work" + self.extra)
+                    return
+                except OSError as error:
+                    if error.errno != errno.ENODEV:
+                        raise
+                    self.missing = ("this kernel has no overlayfs: the container's root is "
+                                    "writable, but what it shows of the host (or of --rootfs) "
+                                    "is read-only (writes there fail with EROFS)")
+            mountops.bind(lower, target, read_only=True)
 
 
 def _mask_secrets(root: str, paths: tuple[str, ...]) -> None:

@@ -38,6 +38,7 @@ V2_MODULES = (
     "9pnet",
     "9pnet_virtio",
     "9p",
+    "overlay",  # a container's private writable layer
 )
 
 READY_MARKER = "NSMAGIC-READY"

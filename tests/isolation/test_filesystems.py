@@ -452,3 +452,40 @@ def test_a_secret_file_that_appears_in_etc_later_is_masked_too(monkeypatch):
     finally:
         launcher.close()
         os.unlink(path)
+
+
+@root_only
+def test_without_overlayfs_the_view_is_read_only_and_the_rest_of_the_root_writable():
+    # A kernel without overlayfs (ENODEV) gets the documented fallback, said so.
+    import errno as errnos
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import errno, json, os
+from nsmagic.isolation import mounts, syscalls
+real_mount = syscalls.mount
+def no_overlay(source, target, fstype, flags=0, data=None):
+    if fstype == "overlay":
+        raise OSError(errno.ENODEV, "No such device")
+    return real_mount(source, target, fstype, flags, data)
+syscalls.mount = no_overlay
+syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID)
+if os.fork():
+    os.wait()
+else:
+    warnings = mounts.setup_mount_namespace(mounts.MountOptions(), [])
+    def attempt(path):
+        try:
+            open(path, "w").close()
+            return "ok"
+        except OSError as error:
+            return errno.errorcode[error.errno]
+    print(json.dumps([warnings, attempt("/usr/nsmagic-x"), attempt("/root/x")]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    warnings, usr, root = json.loads(done.stdout)
+    assert usr == errnos.errorcode[errnos.EROFS] and root == "ok", done.stderr
+    assert any("no overlayfs" in w for w in warnings)

@@ -16,6 +16,7 @@ import signal
 import socket
 
 from nsmagic.cgroups.base import Cgroup, CgroupDriver
+from nsmagic.cgroups.devices import CONTAINER_DEVICES
 from nsmagic.runtime.inside.fds import ContainerFds
 from nsmagic.runtime.protocol import HandshakeError, Word, expect
 from nsmagic.runtime.server.forker import Forker, reap
@@ -79,7 +80,9 @@ class WarmContainer:
 
 def start_warm_container(driver: CgroupDriver | None, forker: Forker) -> WarmContainer:
     """Start a new warm pid 1 (it gets ready on its own; its hand-over socket says WARM)."""
-    cgroup = driver.create(f"w{os.urandom(6).hex()}") if driver is not None else None
+    # Warm containers are never privileged: Docker's device rules, as a cold one gets.
+    cgroup = (driver.create(f"w{os.urandom(6).hex()}", devices=CONTAINER_DEVICES)
+              if driver is not None else None)
     lifeline_read, lifeline_write = os.pipe2(os.O_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     handover_ours, handover_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

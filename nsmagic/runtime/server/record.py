@@ -200,9 +200,15 @@ class SupervisedContainer:
         }, fds=[self.pidfd])
 
     def _limit_warnings(self) -> list[str]:
-        if self.cgroup is None or self.spec.limits.is_empty():
+        """What the cgroup could not do here: approximated limits (only if limits were
+        asked for), and a missing device policy (always: it is a protection)."""
+        if self.cgroup is None:
             return []
-        return [f"limits only approximated: {note}" for note in self.cgroup.approximations()]
+        notes = self.cgroup.approximations()
+        devices = [n for n in notes if "device" in n]
+        if self.spec.limits.is_empty():
+            return devices
+        return devices + [f"limits only approximated: {n}" for n in notes if n not in devices]
 
     # -- end -----------------------------------------------------------------------------
     def kill(self) -> None:
