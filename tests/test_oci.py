@@ -25,6 +25,7 @@ import pytest
 import nsmagic
 from nsmagic import oci
 from nsmagic.cgroups.convert import weight_to_shares
+from nsmagic.cgroups.devices import CONTAINER_DEVICES
 from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import SpecError
 from nsmagic.isolation import etc, masks, seccomp, view
@@ -90,12 +91,16 @@ def test_default_config_gives_runc_the_protections_of_nsmagic(tmp_path):
     assert linux["maskedPaths"] == list(masks.MASKED_PATHS)
     assert linux["readonlyPaths"] == list(masks.READONLY_PATHS)
     assert linux["seccomp"] == seccomp.oci_profile()
-    # The device cgroup: nothing, then the nodes of the minimal /dev and the terminals.
+    # The device cgroup: nothing, then nsmagic's own rules (making any node; opening the
+    # nodes of the minimal /dev, the console and the terminals).
     rules = linux["resources"]["devices"]
     assert rules[0] == {"allow": False, "access": "rwm"}
-    allowed = {(r["major"], r.get("minor")) for r in rules[1:] if r["allow"]}
-    assert allowed == {(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2), (136, None)}
-    assert all(r["type"] == "c" and r["access"] == "rwm" for r in rules[1:])
+    assert all(r["allow"] for r in rules[1:])
+    assert {(r["type"], r.get("major"), r.get("minor"), r["access"]) for r in rules[1:]} == {
+        (rule.kind, rule.major, rule.minor, rule.access) for rule in CONTAINER_DEVICES}
+    openable = {(r.get("major"), r.get("minor")) for r in rules[1:] if "r" in r["access"]}
+    assert openable == {(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2),
+                        (136, None)}
     assert {d["path"]: (d["major"], d["minor"]) for d in linux["devices"]} == {
         "/dev/null": (1, 3), "/dev/zero": (1, 5), "/dev/full": (1, 7), "/dev/random": (1, 8),
         "/dev/urandom": (1, 9), "/dev/tty": (5, 0)}
@@ -165,6 +170,7 @@ def test_privileged_drops_seccomp_and_no_new_privs_but_keeps_the_masks(tmp_path)
     assert "CAP_SYS_ADMIN" in config["process"]["capabilities"]["bounding"]
     assert "seccomp" not in config["linux"]
     assert config["linux"]["maskedPaths"] == list(masks.MASKED_PATHS)
+    assert config["linux"]["resources"]["devices"][0] == {"allow": False, "access": "rwm"}
     assert any("--privileged" in n for n in notes)
     validate(config)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nsmagic.cgroups import devices
 from nsmagic.cgroups.limits import parse_size
 from nsmagic.isolation import capabilities, dev, masks, seccomp
 from nsmagic.runtime.spec import ContainerSpec
@@ -33,9 +34,6 @@ ALL_CAPABILITIES = (
 # (Documentation/admin-guide/devices.txt); runc creates the same six in every container.
 DEVICE_NUMBERS = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8),
                   "urandom": (1, 9), "tty": (5, 0)}
-# Beyond those nodes a container may open only its own pseudo-terminals: the devpts
-# instance's ptmx (5:2) and its terminals (136:*), as runc's default list allows.
-_TERMINALS = ((5, 2), (136, None))
 SHM_BYTES = parse_size(dev.SHM_SIZE)  # Docker's default --shm-size, as nsmagic's
 
 
@@ -82,12 +80,17 @@ def device_nodes() -> list[dict[str, Any]]:
 
 
 def device_rules() -> list[dict[str, Any]]:
-    """linux.resources.devices: deny every device, then allow what /dev holds."""
+    """linux.resources.devices: deny every device, then nsmagic's own device rules (Docker's
+    default). Kept with --privileged, where nsmagic gives its rules up: its /dev is still
+    nodev there, and runc's /dev cannot be (runc makes its nodes in it), so the device
+    cgroup is what keeps a node made inside from opening."""
     rules: list[dict[str, Any]] = [{"allow": False, "access": "rwm"}]
-    for major, minor in [DEVICE_NUMBERS[name] for name in dev.DEVICES] + list(_TERMINALS):
-        rule: dict[str, Any] = {"allow": True, "type": "c", "major": major, "access": "rwm"}
-        if minor is not None:
-            rule["minor"] = minor
+    for allowed in devices.CONTAINER_DEVICES:
+        rule: dict[str, Any] = {"allow": True, "type": allowed.kind, "access": allowed.access}
+        if allowed.major is not None:
+            rule["major"] = allowed.major
+        if allowed.minor is not None:
+            rule["minor"] = allowed.minor
         rules.append(rule)
     return rules
 

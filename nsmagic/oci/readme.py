@@ -46,7 +46,9 @@ MAPPING = (
     ("minimal /dev", "tmpfs /dev, devpts (newinstance), /dev/shm 64 MiB, mqueue; "
      "linux.devices null zero full random urandom tty",
      "runc makes the nodes; the device cgroup stands in for nsmagic's nodev"),
-    ("devices", "linux.resources.devices: deny all, allow the six nodes, ptmx, pts", ""),
+    ("device rules (cgroups.devices)", "linux.resources.devices: deny all, then the same "
+     "rules (mknod of any node; null zero full random urandom tty console ptmx pts)",
+     "kept with --privileged: runc's /dev cannot be nodev"),
     ("fresh read-only sysfs", "mount sysfs on /sys (ro); a bind of the host's with a user "
      "namespace and no network namespace", ""),
     ("own cgroup read-only at /sys/fs/cgroup", "mount cgroup on /sys/fs/cgroup (ro)",
@@ -62,7 +64,7 @@ MAPPING = (
      "none with --security-opt seccomp=unconfined or --privileged"),
     ("session keyring", "runc joins a fresh one per container", "nothing in config.json"),
     ("--privileged", "the bounding set's capabilities, noNewPrivileges false, no seccomp",
-     "masks, read-only /sys and the device cgroup stay, as in nsmagic"),
+     "masks and read-only /sys stay, as in nsmagic; the device cgroup too"),
     ("process", "args (the command), env (the container's clean one), cwd, uid 0", ""),
     ("--timeout", "not in OCI", "use `timeout` around `runc run`"),
 )
