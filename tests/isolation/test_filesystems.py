@@ -261,10 +261,14 @@ def test_two_containers_do_not_see_each_others_writes(host_dir):
 def test_the_default_container_sees_its_cgroup_and_no_other():
     out = run_ok("import os\n"
                  "print(open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read().strip())\n"
-                 "print(sorted(os.listdir('/sys/fs/cgroup')))", memory="64M")
-    limit, hierarchies = out.splitlines()
+                 "print(sorted(os.listdir('/sys/fs/cgroup')))\n"
+                 "print(open('/sys/fs/cgroup/devices/devices.list').read().split())",
+                 memory="64M")
+    limit, hierarchies, devices = out.splitlines()
     assert limit == str(64 << 20)
-    assert "devices" not in hierarchies and "unified" not in hierarchies
+    assert "unified" not in hierarchies and "blkio" not in hierarchies
+    # Its own devices group: Docker's rules, not the host's "a *:* rwm".
+    assert "'1:3'" in devices and "'*:*'" in devices and "'a'" not in devices
 
 
 # --- the host's root: the positive control -----------------------------------------------------
