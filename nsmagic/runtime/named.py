@@ -35,6 +35,9 @@ LOG_LINES = 10_000
 # After Ctrl-C in a cell of a named container: how long its code gets to stop before the
 # whole container is killed (a named container outlives an interrupted cell otherwise).
 EXEC_INTERRUPT_GRACE_S = 1.0
+# When a cell's container ends under it: how long to wait for the supervisor's word on how
+# (its EXITED event carries the OOM report), which follows the cell's end by milliseconds.
+EXIT_REPORT_WAIT_S = 5.0
 # A named container has these from its start, beside CONTAINER_OPTIONS: the group it runs in
 # and the OCI bundle written of it. A cell in it cannot change any of them.
 FIXED_AT_START_EXTRA = ("--cgroup", "--export-oci")
@@ -142,6 +145,7 @@ class ManagedContainer:
         self._decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace")
                           for s in ("stdout", "stderr")}
         self.done = threading.Event()
+        self._over = threading.Event()  # an agent's supervisor has said its last word
         self.started_at = time.time()
         self._thread: threading.Thread | None = None
         self._failure: NsmagicError | None = None
@@ -220,8 +224,8 @@ class ManagedContainer:
 
     @property
     def state(self) -> str:
-        """running or exited."""
-        return "exited" if self.done.is_set() else "running"
+        """running or exited (an agent: once its supervisor has said how it ended)."""
+        return "exited" if self.done.is_set() or self._over.is_set() else "running"
 
     def follow(self, callback: Callable[[str, str], None], replay: bool = False
                ) -> Callable[[], None]:
@@ -352,13 +356,21 @@ class ManagedContainer:
         began = time.perf_counter()
         self._sink = {"stdout": on_stdout, "stderr": on_stderr}
         try:
-            protocol.send_frame(self.container.data, pickle.dumps(request))
-            reply, packed = self._await_reply(result, timeout)
+            try:
+                protocol.send_frame(self.container.data, pickle.dumps(request))
+            except (BrokenPipeError, ConnectionResetError):
+                reply = packed = None  # it ended just before this cell
+            else:
+                reply, packed = self._await_reply(result, timeout)
         finally:
             self._drain()
             self._sink = {"stdout": None, "stderr": None}
         if reply is None:
-            result.ended = self.result.describe()
+            # The container ended (or was killed) under the cell: say how, as ls will (the
+            # supervisor's EXITED event, which carries the OOM report, comes just after).
+            self._over.wait(EXIT_REPORT_WAIT_S)
+            if result.ended is None:
+                result.ended = self.result.describe()
         else:
             _read_reply(reply, result)
             if packed is not None:
@@ -385,8 +397,11 @@ class ManagedContainer:
                 if data in ready:
                     try:
                         frame = protocol.receive_frame(data, OUTPUTS_LIMIT)
-                    except NsmagicError:
-                        frame = None  # a reply past the limit: the container broke the rules
+                    except NsmagicError as error:
+                        # Its replies can no longer be read in step with its cells.
+                        result.ended = f"killed: its reply to the cell broke the rules ({error})"
+                        self.container.send_signal(signal.SIGKILL)
+                        return None, None
                     if frame is None:
                         return None, None
                     frames.append(frame)
@@ -476,9 +491,16 @@ class ManagedContainer:
         except (OSError, ValueError):
             pass
         finally:
-            self._drain()
-            container.finish()
-            self.done.set()
+            self._over.set()  # how it ended is known: a cell that waits for that reads it
+            # finish() closes the data socket: a cell still reading it goes first.
+            locked = self._exec_lock.acquire(timeout=EXIT_REPORT_WAIT_S)
+            try:
+                self._drain()
+                container.finish()
+            finally:
+                if locked:
+                    self._exec_lock.release()
+                self.done.set()
 
 
 def _read_reply(reply: dict, result: ExecResult) -> None:

@@ -479,7 +479,7 @@ def test_a_named_cell_that_ignores_its_timeout_costs_the_container(cells):
                                              f"so container {NAMED!r} was killed"):
         cells.run(f"{NAMED} --timeout 0.5", "import signal, time\n"
                   "signal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: time.sleep(0.05)")
-    wait_for(lambda: MANAGER.get(NAMED).state == "exited")
+    assert MANAGER.get(NAMED).state == "exited"
 
 
 def test_a_background_cell_that_times_out_says_so_under_its_cell(cells):

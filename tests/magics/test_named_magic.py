@@ -185,3 +185,17 @@ def test_prune_works_inside_a_running_event_loop_as_in_a_kernel(ipython_shell, c
     assert "not checked" not in out
     assert not [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert orphan.name not in network.our_links()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not IS_ROOT, reason="an OOM kill needs a real memory cgroup")
+def test_an_oom_kill_in_a_named_container_fails_the_cell_as_ls_says_it(ipython_shell, capsys):
+    ipython_shell.run_line_magic("container", "start hungry --memory 128M --memory-swap 128M")
+    failed = ipython_shell.run_cell("%%container hungry\nb = b'x' * (400 << 20)")
+    message = str(failed.error_in_exec)
+    assert re.fullmatch(r"killed: out of memory, limit 128 MiB, peak [\d.]+ MiB; "
+                        r"container 'hungry' has ended", message), message
+    row = ipython_shell.run_line_magic("container", "ls").rows[0]
+    assert row[1] == f"exited ({message.split(';')[0]})"
+    assert f"ContainerError: {message}" in capsys.readouterr().out
+    ipython_shell.run_line_magic("container", "rm hungry")  # ended: no -f needed
