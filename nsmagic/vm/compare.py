@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from typing import TYPE_CHECKING
 
 from nsmagic.cgroups.limits import parse_size
 from nsmagic.errors import CapabilityError, NsmagicError
+from nsmagic.vm.console import StageCallback
 from nsmagic.vm.figures import fill_figures
 from nsmagic.vm.instance import cgroup_driver
 from nsmagic.vm.loops import DEFAULT_WORKLOAD_MIB, DEFAULT_WORKLOAD_SECONDS, WORKLOADS
 from nsmagic.vm.measure_containers import measure_containers
 from nsmagic.vm.measure_vm import boot_measured
+from nsmagic.vm.progress import Progress, ProgressTracker
 from nsmagic.vm.reference import load_reference
 from nsmagic.vm.report import Baseline
 from nsmagic.vm.workload import compare_workload
 
-MACHINES = ("microvm", "q35")
+if TYPE_CHECKING:
+    from nsmagic.cgroups.base import CgroupDriver
 
-Progress = Callable[[int, int, str], None]  # (step, total steps, what is happening)
+MACHINES = ("microvm", "q35")
 
 
 def vm_available() -> tuple[bool, str]:
@@ -46,17 +50,28 @@ def _check(memory: str | int, machine: str, runs: int, workload: str) -> int:
 
 
 def _prepare_vm(out: Baseline, accel: str) -> None:
-    """Build the guest image and choose the accelerator; out.accel stays None without a VM."""
+    """Note the guest image and choose the accelerator; out.accel stays None without a VM."""
+    from nsmagic.vm.accel import kvm_verdict
     from nsmagic.vm.images import build_image
-    from nsmagic.vm.qemu import kvm_works
 
     image = build_image("micro")
     out.kernel = f"{image.kernel_package} {image.kernel_version}"
     out.kernel_bytes, out.initramfs_bytes = image.kernel_bytes, image.initramfs_bytes
     if accel == "auto":
-        kvm, out.accel_reason = kvm_works()
-        accel = "kvm" if kvm else "tcg"
+        verdict = kvm_verdict()
+        accel, out.accel_reason = verdict.accel, verdict.reason
+        out.qemu_log = verdict.qemu_log if verdict.emulated else ""
+    elif accel == "tcg":
+        out.accel_reason = "TCG was asked for (--accel tcg), so the VM runs emulated"
+    else:
+        out.accel_reason = "KVM was asked for (--accel kvm)"
     out.accel = accel
+
+
+def _accel_text(out: Baseline) -> str:
+    if out.accel == "kvm":
+        return "VMs run with KVM"
+    return f"no KVM: {out.accel_reason}"
 
 
 def _warm_up_containers(out: Baseline) -> bool:
@@ -75,6 +90,73 @@ def _warm_up_containers(out: Baseline) -> bool:
     if not warm.ok:
         out.notes.append(f"containers could not be started here: {warm.describe()}")
     return warm.ok
+
+
+def _boot_reporter(track: ProgressTracker, n: int, runs: int) -> StageCallback:
+    """Boot stages of VM n (from the console thread) as the tracker's stages of round n."""
+
+    def stage(name: str, at: float) -> None:
+        track.reached(name, _boot_stage_text(name, at, n, runs), n)
+
+    return stage
+
+
+def _boot_stage_text(stage: str, at: float, n: int, runs: int) -> str:
+    what = {
+        "launched": "qemu started; the guest kernel boots",
+        "init": f"init reached {at:.1f} s after launch",
+        "ready": f"ready marker {at:.1f} s after launch",
+        "sampled": "qemu and its cgroup sampled at the marker",
+        "stopped": f"qemu stopped, {at:.1f} s end to end",
+    }[stage]
+    return f"VM {n}/{runs}: {what}"
+
+
+def _keep_qemu_log(out: Baseline) -> None:
+    """Write qemu's own messages to a file, with one note, when they explain a failure."""
+    from nsmagic.vm.images import cache_dir
+
+    failed = [(n, r) for n, r in enumerate(out.vm_runs, 1) if not r.ok]
+    logs = [out.qemu_log] if out.qemu_log else []
+    logs += [f"-- VM run {n} --\n{r.console}" for n, r in failed]
+    if not logs:
+        return
+    out.qemu_log = "\n".join(logs)
+    path = cache_dir() / "qemu-last-baseline.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(out.qemu_log)
+    except OSError:
+        out.notes.append("qemu's own messages: the qemu_log of the result (%vm_baseline -o)")
+        return
+    out.qemu_log_path = str(path)
+    out.notes.append(f"qemu's own messages: {path}")
+
+
+def _measure_vm(
+    out: Baseline, track: ProgressTracker, n: int, driver: CgroupDriver, timeout: float
+) -> None:
+    """Boot VM n of out.runs, measured; its stages go to the tracker as they are reached."""
+    vm_run = boot_measured(
+        memory=out.memory_bytes, machine=out.machine, accel=out.accel, timeout=timeout,
+        driver=driver, on_stage=_boot_reporter(track, n, out.runs),
+    )
+    out.vm_runs.append(vm_run)
+    if not vm_run.ok:
+        out.notes.append(f"VM run {n} did not become ready: {vm_run.summary}")
+
+
+def _measure_containers(out: Baseline, track: ProgressTracker, n: int, ok: bool) -> bool:
+    """Measure container round n (while containers can run); False once they cannot."""
+    if ok:
+        track.note(f"containers {n}/{out.runs}: starting and measuring", "containers", n)
+        try:
+            out.container_runs.append(measure_containers())
+        except (NsmagicError, OSError) as exc:
+            ok = False
+            out.notes.append(f"containers could not be measured: {exc}")
+    track.reached("containers", f"containers {n}/{out.runs}: {'' if ok else 'not '}measured", n)
+    return ok
 
 
 def baseline(
@@ -99,15 +181,7 @@ def baseline(
     "published, not measured on this host" (containers are still measured if they can be).
     """
     memory_bytes = _check(memory, machine, runs, workload)
-    report = progress or (lambda step, total, text: None)
-    total = 2 + runs * 2 + (1 if workload != "none" else 0)
-    step = 0
-
-    def tick(text: str) -> None:
-        nonlocal step
-        step += 1
-        report(min(step, total), total, text)
-
+    track = ProgressTracker(runs, workload, progress)
     out = Baseline(
         measured=False,
         machine=machine,
@@ -116,43 +190,34 @@ def baseline(
         workload=workload,
         reference=load_reference(),
     )
-    report(0, total, "checking for qemu and a guest kernel")
+    track.note("looking for qemu and a guest image")
     ok, why = vm_available()
-    tick(why if ok else f"no VM here: {why}")
     if ok:
+        track.reached("image", f"guest image ready: {why}")
         _prepare_vm(out, accel)
-        tick(f"accelerator: {'KVM' if out.accel == 'kvm' else 'TCG (emulated)'}")
+        track.reached("accelerator", _accel_text(out))
     else:
         out.why_not_measured = why
-        tick("using the published reference")
+        track.reached("image", f"no VM here ({why}): the published reference stands in")
 
     driver = cgroup_driver()
     out.cgroup_driver = driver.name
+    track.note("starting a first, unmeasured container", "containers-warm")
     container_ok = _warm_up_containers(out)
-    for n in range(runs):
+    track.reached(
+        "containers-warm",
+        "containers: the fork server is warm" if container_ok else "containers cannot run here",
+    )
+    for n in range(1, runs + 1):
         if out.accel:
-            kind = "KVM" if out.accel == "kvm" else "emulated"
-            tick(f"booting VM {n + 1}/{runs} ({kind})")
-            vm_run = boot_measured(
-                memory=memory_bytes, machine=machine, accel=out.accel, timeout=timeout,
-                driver=driver,
-            )
-            out.vm_runs.append(vm_run)
-            if not vm_run.ok:
-                out.notes.append(f"VM run {n + 1} did not become ready: {vm_run.summary}")
-        else:
-            tick("no VM to boot")
-        tick(f"starting containers {n + 1}/{runs}")
-        if container_ok:
-            try:
-                out.container_runs.append(measure_containers())
-            except (NsmagicError, OSError) as exc:
-                container_ok = False
-                out.notes.append(f"containers could not be measured: {exc}")
+            _measure_vm(out, track, n, driver, timeout)
+        container_ok = _measure_containers(out, track, n, container_ok)
     if workload != "none":
-        tick(f"running the {workload} workload in a VM and in a container")
+        track.note(f"running the {workload} workload in a VM and in a container", "workload")
         if out.accel and container_ok:
             out.workload_run = compare_workload(workload, seconds, mib, memory_bytes, out.accel)
+        track.reached("workload", f"the {workload} workload ran")
     fill_figures(out, budget)
-    report(total, total, "done")
+    _keep_qemu_log(out)
+    track.reached("done", f"done in {time.monotonic() - track.started:.1f} s")
     return out

@@ -200,9 +200,9 @@ def _add_notes(out: Baseline, cts: list[ContainerRun]) -> None:
         )
     if out.emulated:
         out.notes.append(
-            "KVM is not usable here (" + (out.accel_reason or "probe failed") + "): the VM's "
-            "CPU is emulated (TCG), so its times and CPU figures are far above what KVM "
-            "would show, and its memory includes a TCG code cache."
+            f"No KVM: {out.accel_reason or 'not asked for'}; the VM's times and CPU figures"
+            " are therefore far above what KVM would show, and its memory includes a TCG code"
+            " cache."
         )
     if not cts:
         return

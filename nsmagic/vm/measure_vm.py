@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nsmagic.cgroups.limits import parse_size
+from nsmagic.vm.console import StageCallback
 from nsmagic.vm.instance import ReadySampler, cgroup_driver, new_vm_group, register_vm
 from nsmagic.vm.loops import guest_workload_args
 from nsmagic.vm.memory import MemorySplit
@@ -30,6 +31,7 @@ class VMRun:
     cgroup_cpu_s: float | None = None
     split: MemorySplit | None = None
     summary: str = ""
+    console: str = ""  # what qemu and the guest printed: the run's log, for whoever asks
 
 
 def boot_measured(
@@ -39,8 +41,12 @@ def boot_measured(
     accel: str = "auto",
     timeout: float = 120.0,
     driver: CgroupDriver | None = None,
+    on_stage: StageCallback | None = None,
 ) -> VMRun:
-    """Boot the micro guest once in its own cgroup, sample it at the ready marker, tear it down."""
+    """Boot the micro guest once in its own cgroup, sample it at the ready marker, tear it down.
+
+    on_stage(name, seconds since launch) reports the boot's stages (see boot()).
+    """
     from nsmagic.runtime.registry import REGISTRY
     from nsmagic.vm.qemu import boot
 
@@ -61,6 +67,7 @@ def boot_measured(
             kernel_args=guest_workload_args("idle", 60),
             cgroup=group,
             on_ready=sampler,
+            on_stage=on_stage,
         )
         outcome = "stopped after its sample" if result.ready else "never ready"
     finally:
@@ -80,4 +87,5 @@ def boot_measured(
         cgroup_cpu_s=stats.cpu_usage_ns / 1e9 if stats and stats.cpu_usage_ns else None,
         split=sampler.split,
         summary=result.summary(),
+        console=result.console,
     )

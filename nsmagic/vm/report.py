@@ -64,7 +64,7 @@ class Baseline:
 
     measured: bool  # False: no VM here; only the published reference (and containers) shown
     accel: str | None = None  # "kvm" or "tcg"
-    accel_reason: str = ""
+    accel_reason: str = ""  # why KVM is (not) used: nsmagic.vm.accel's words, as the doctor's
     machine: str | None = None
     memory_bytes: int = 0
     runs: int = 0
@@ -83,6 +83,8 @@ class Baseline:
     notes: list[str] = field(default_factory=list)
     why_not_measured: str = ""
     cgroup_driver: str | None = None
+    qemu_log: str = ""  # qemu's own messages when they explain a failure; never in the report
+    qemu_log_path: str | None = None  # the same, written to a file (a note names it)
 
     @property
     def emulated(self) -> bool:
@@ -107,10 +109,10 @@ class Baseline:
         """One line: what was compared, and how it was measured."""
         if not self.measured:
             return f"VM vs container: VM figures {PUBLISHED_LABEL} ({self.why_not_measured})"
-        accel = "emulated (TCG)" if self.emulated else "KVM"
+        # The label already says how the VM ran: said once, not again after the machine.
         return (
             f"VM vs container, {self.label}: {self.machine} guest, "
-            f"{format_size(self.memory_bytes)}, {accel}, median of {self.runs} run(s)"
+            f"{format_size(self.memory_bytes)}, median of {self.runs} run(s)"
         )
 
     def _table(self, rows: list[Row]) -> list[list[str]]:

@@ -1,16 +1,18 @@
-"""The VM-vs-container comparison on screen: a progress indicator while VMs boot, the table
-(HTML and text), and a bar chart rendered with matplotlib's object API to a PNG."""
+"""The VM-vs-container comparison on screen: the progress of its stages while VMs boot, the
+table (HTML and text), and a bar chart rendered with matplotlib's object API to a PNG."""
 
 from __future__ import annotations
 
 import io
-import sys
 import textwrap
+import uuid
+from html import escape
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from nsmagic.vm.progress import ProgressEvent
 from nsmagic.vm.reference import PUBLISHED_LABEL
 from nsmagic.vm.report import Baseline, Row
 
@@ -179,37 +181,83 @@ def show(result: Baseline) -> None:
 
 
 class ProgressView:
-    """Progress while VMs boot: an ipywidgets bar in a kernel, text lines elsewhere."""
+    """A baseline's progress: a bar over its planned stages and a line saying the current one
+    with its elapsed time, as a widget in a kernel (text/plain kept true for saved notebooks),
+    as text lines elsewhere. Full only when the baseline is done."""
 
-    def __init__(self) -> None:
-        self._bar = self._label = self._box = None
+    def __init__(self, widgets: bool | None = None) -> None:
+        self.last: ProgressEvent | None = None
+        self.finished = False
+        self.bar = self.line = self.box = None
+        self._display_id = f"nsmagic-vm-progress-{uuid.uuid4().hex}"
+        if widgets is None:
+            widgets = _in_a_kernel()
+        if widgets:
+            self._show_widget()
+
+    def _show_widget(self) -> None:
         try:
-            from IPython import get_ipython
+            import ipywidgets
+        except ImportError:  # no widgets: text lines instead
+            return
+        self.bar = ipywidgets.IntProgress(value=0, min=0, max=1, description="VM baseline")
+        # HTML rather than a Label: a long line (the accelerator's reason) wraps instead of
+        # being cut off.
+        self.line = ipywidgets.HTML(escape(self.text()))
+        self.box = ipywidgets.VBox([self.bar, self.line])
+        self._publish(update=False)
 
-            shell = get_ipython()
-            if shell is not None and getattr(shell, "kernel", None) is not None:
-                import ipywidgets
-                from IPython.display import display
+    def _publish(self, update: bool) -> None:
+        """Show the widget with a text/plain that says the same (what a viewer without widgets
+        shows); updated once more at the end, so a saved notebook keeps the final state."""
+        from IPython.display import display
 
-                self._bar = ipywidgets.IntProgress(value=0, min=0, max=1, description="VM baseline")
-                self._label = ipywidgets.Label("starting")
-                self._box = ipywidgets.HBox([self._bar, self._label])
-                display(self._box)
-        except Exception:  # noqa: BLE001 - no widgets: fall back to text
-            self._bar = None
+        bundle = self.box._repr_mimebundle_()
+        bundle["text/plain"] = self.text()
+        display(bundle, raw=True, display_id=self._display_id, update=update)
 
-    def __call__(self, step: int, total: int, text: str) -> None:
-        if self._bar is not None:
-            self._bar.max = total
-            self._bar.value = step
-            self._label.value = text
-        else:
-            print(f"[{step}/{total}] {text}", file=sys.stderr, flush=True)
+    def text(self) -> str:
+        """The current state in one line: stages reached, what happens now, elapsed time."""
+        event = self.last
+        if event is None:
+            return "VM baseline: starting"
+        if event.done:
+            return f"VM baseline: done in {event.elapsed_s:.1f} s, all {event.total} stages"
+        if self.finished:
+            return (
+                f"VM baseline: stopped after {event.elapsed_s:.1f} s, at stage"
+                f" {event.step}/{event.total}: {event.text}"
+            )
+        where = f"stage {event.step}/{event.total} at {event.elapsed_s:.1f} s"
+        return f"VM baseline, {where}: {event.text}"
+
+    def __call__(self, event: ProgressEvent) -> None:
+        self.last = event
+        if self.bar is None:
+            print(f"[{event.elapsed_s:6.1f} s] {event.text}", flush=True)
+            return
+        self.bar.max = event.total
+        self.bar.value = event.step
+        self.line.value = escape(self.text())
 
     def close(self) -> None:
-        """Mark the bar finished (it stays as a record of the run)."""
-        if self._bar is not None:
-            self._bar.bar_style = "success"
+        """Leave the bar as the record of the run: green when done, red when it stopped."""
+        self.finished = True
+        done = self.last is not None and self.last.done
+        if self.bar is None:
+            if not done:
+                print(self.text(), flush=True)
+            return
+        self.bar.bar_style = "success" if done else "danger"
+        self.line.value = escape(self.text())
+        self._publish(update=True)
+
+
+def _in_a_kernel() -> bool:
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 __all__ = ["ProgressView", "figure", "png", "show"]

@@ -111,6 +111,7 @@ def test_a_qemu_assertion_becomes_words_and_stays_in_the_log(
         " as a nested or paravirtualised one), so VMs run emulated (TCG), much slower"
     )
     assert verdict.qemu_log == ASSERTION
+    assert kvm_result(ASSERTION, -6).qemu_log == ASSERTION.rstrip("\n"), "qemu's lines only"
     # Decided once: the doctor, boot() and the baseline all get this same answer.
     assert accel.kvm_verdict() is verdict
     assert _check_kvm().reason == verdict.reason
