@@ -164,6 +164,18 @@ def test_read_only_shows_the_view_through_read_only_binds(tmp_path):
     assert mount_at(config, "/tmp")["type"] == "tmpfs"  # /tmp stays writable, as nsmagic
 
 
+def test_without_overlayfs_the_view_is_read_only_under_writable_directories(tmp_path,
+                                                                            monkeypatch):
+    # As nsmagic on such a kernel: what is shown of the host is read-only, the rest writable.
+    monkeypatch.setattr("nsmagic.oci.root.has_overlayfs", lambda: False)
+    config, notes = oci.config_for(build(), None, tmp_path)
+    assert not any(m["type"] == "overlay" for m in config["mounts"])
+    assert mount_at(config, "/usr")["options"] == ["bind", "ro"]
+    assert mount_at(config, "/var")["type"] == "tmpfs"
+    assert "ro" not in mount_at(config, "/run")["options"]
+    assert any("no overlayfs" in n for n in notes)
+
+
 def test_privileged_drops_seccomp_and_no_new_privs_but_keeps_the_masks(tmp_path):
     config, notes = oci.config_for(build(privileged=True), None, tmp_path)
     assert config["process"]["noNewPrivileges"] is False

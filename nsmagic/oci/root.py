@@ -117,11 +117,15 @@ def _view_plan(spec: ContainerSpec, bundle: Path, root_ids: tuple[int, int] | No
     layers = f"{bundle}/{ROOTFS_DIR}{LAYERS}"
     writable = not spec.read_only
     notes: list[str] = []
-    if writable and not _can_name(layers):
-        writable = False
+    overlays = has_overlayfs()
+    if not overlays:
+        notes.append("this kernel has no overlayfs: the view's directories are read-only "
+                     "binds (writes there fail with EROFS), as nsmagic shows them then.")
+    elif not _can_name(layers):
+        overlays = False
         notes.append(f"the bundle's path {str(bundle)!r} has a ',', ':' or '\\', which an "
-                     "overlay's options cannot name: the view is read-only, as with "
-                     "--read-only.")
+                     "overlay's options cannot name: the view's directories are read-only "
+                     "binds.")
     skeleton = Skeleton(directories=dict(view.EMPTY_DIRECTORIES), owner=root_ids)
     skeleton.links = list(host.links)
     skeleton.files[f"{LAYERS}/empty"] = ("", 0o444)
@@ -139,9 +143,11 @@ def _view_plan(spec: ContainerSpec, bundle: Path, root_ids: tuple[int, int] | No
     for index, directory in enumerate(host.directories):
         _add_parents(skeleton, directory)
         skeleton.directories[directory] = _mode_of(directory)
-        mounts.append(_shown(directory, index, layers, writable, spec, skeleton))
+        mounts.append(_shown(directory, index, layers, writable and overlays,
+                             spec.privileged and overlays, spec, skeleton))
     mounts += _hidden_secrets(host.masked, layers)
-    mounts += _own_etc_files("/etc" in host.directories, writable, layers, spec, skeleton)
+    mounts += _own_etc_files("/etc" in host.directories, writable and overlays, layers, spec,
+                             skeleton)
     # The layers' tmpfs stays mounted under this one: the overlays and binds hold it.
     mounts.append({"destination": "/run", "type": "tmpfs", "source": "tmpfs",
                    "options": [*_TMPFS, "mode=755"] + ([] if writable else ["ro"])})
@@ -150,7 +156,7 @@ def _view_plan(spec: ContainerSpec, bundle: Path, root_ids: tuple[int, int] | No
         plan.cwd = "/"
         notes.append(f"the working directory {spec.cwd} is not in the view: the bundle "
                      "starts in / (nsmagic does the same).")
-    notes += _view_notes(spec, writable, root_ids)
+    notes += _view_notes(spec, writable and overlays, overlays, root_ids)
     return plan
 
 
@@ -171,14 +177,15 @@ def _hidden_secrets(masked: tuple[str, ...], layers: str) -> list[dict[str, Any]
     return mounts
 
 
-def _own_etc_files(shown_etc: bool, writable: bool, layers: str, spec: ContainerSpec,
+def _own_etc_files(shown_etc: bool, layered: bool, layers: str, spec: ContainerSpec,
                    skeleton: Skeleton) -> list[dict[str, Any]]:
-    """The container's own /etc files, seeded in the skeleton and bound from the layers."""
+    """The container's own /etc files, seeded in the skeleton and bound from the layers
+    (layered: /etc is an overlay, where runc can make a missing file to bind over)."""
     mounts: list[dict[str, Any]] = []
     for name, text in _etc_files(spec, etc.GENERATED).items():
         target = f"/etc/{name}"
         # As nsmagic: not over a link, and not where a read-only /etc has no such file.
-        if not shown_etc or os.path.islink(target) or not (writable or os.path.isfile(target)):
+        if not shown_etc or os.path.islink(target) or not (layered or os.path.isfile(target)):
             continue
         skeleton.files[f"{LAYERS}/etc/{name}"] = (text, 0o644)
         mounts.append({"destination": target, "type": "bind",
@@ -186,20 +193,21 @@ def _own_etc_files(shown_etc: bool, writable: bool, layers: str, spec: Container
     return mounts
 
 
-def _view_notes(spec: ContainerSpec, writable: bool, root_ids: tuple[int, int] | None
-                ) -> list[str]:
+def _view_notes(spec: ContainerSpec, layered: bool, overlays: bool,
+                root_ids: tuple[int, int] | None) -> list[str]:
     """What a view bundle does differently from nsmagic with this spec."""
     notes = []
-    if writable:
+    if layered:
         notes.append("writes go to tmpfs layers that vanish with the container, as in "
                      "nsmagic, except that / itself is read-only: a new entry at the top "
                      "of the root is refused (its directories are writable tmpfs mounts).")
-    if spec.privileged and not writable:
-        notes.append("--privileged --read-only: root inside holds CAP_SYS_ADMIN, and runc "
-                     "cannot lock read-only mounts as nsmagic does, so it could remount "
-                     "/proc/sys, /sys and read-only volumes read-write; the view's "
-                     "directories are overlays with no upper layer, which stay read-only (where "
-                     "overlay options can name their paths).")
+    if spec.privileged and not layered:
+        shown = ("are overlays with no upper layer, which stay read-only" if overlays else
+                 "are read-only binds, which it could remount read-write too")
+        notes.append("--privileged with a read-only view: root inside holds CAP_SYS_ADMIN, "
+                     "and runc cannot lock read-only mounts as nsmagic does, so it could "
+                     "remount /proc/sys, /sys and read-only volumes read-write; the view's "
+                     f"directories {shown}.")
     if root_ids is not None and os.geteuid() not in (0, root_ids[0]):
         notes.append(f"the skeleton belongs to uid {os.geteuid()}, not to root inside "
                      f"(uid {root_ids[0]} outside): export as root to give it to that uid.")
@@ -210,10 +218,11 @@ def _view_notes(spec: ContainerSpec, writable: bool, root_ids: tuple[int, int] |
     return notes
 
 
-def _shown(directory: str, index: int, layers: str, writable: bool, spec: ContainerSpec,
-           skeleton: Skeleton) -> dict[str, Any]:
-    """The mount that shows a host directory at its own path."""
-    if writable and _can_name(directory):
+def _shown(directory: str, index: int, layers: str, layered: bool, locked: bool,
+           spec: ContainerSpec, skeleton: Skeleton) -> dict[str, Any]:
+    """The mount that shows a host directory at its own path: under a writable layer
+    (layered), read-only for good (locked: overlayfs with no upper layer), or read-only."""
+    if layered and _can_name(directory):
         skeleton.directories[f"{LAYERS}/{index}/upper"] = _mode_of(directory)
         skeleton.directories[f"{LAYERS}/{index}/work"] = 0o700
         options = [*_TMPFS, f"lowerdir={directory}", f"upperdir={layers}/{index}/upper",
@@ -222,7 +231,7 @@ def _shown(directory: str, index: int, layers: str, writable: bool, spec: Contai
             options.append("userxattr")  # overlayfs keeps its attributes in user.*
         return {"destination": directory, "type": "overlay", "source": "overlay",
                 "options": options}
-    if spec.privileged and _can_name(directory) and _can_name(layers):
+    if locked and _can_name(directory):
         # Root inside holds CAP_SYS_ADMIN and no filter: it could remount a read-only bind
         # read-write and write the host's files (nsmagic locks read-only mounts; runc has no
         # lock). An overlay without an upper layer is read-only in itself: overlayfs refuses
@@ -232,6 +241,26 @@ def _shown(directory: str, index: int, layers: str, writable: bool, spec: Contai
                 "options": ["ro", *_TMPFS, f"lowerdir={directory}:{layers}/none"]}
     return {"destination": directory, "type": "bind", "source": directory,
             "options": ["bind", "ro"]}
+
+
+def has_overlayfs() -> bool:
+    """Whether this kernel has overlayfs, built in or loaded (runc's mount of the first
+    overlay would load a module that /proc/filesystems does not list yet: looked up too)."""
+    try:
+        with open("/proc/filesystems") as handle:
+            if any(line.split()[-1:] == ["overlay"] for line in handle):
+                return True
+    except OSError:
+        return True  # no /proc to ask: let runc try
+    modules = f"/lib/modules/{os.uname().release}"
+    for index in ("modules.dep", "modules.builtin"):
+        try:
+            with open(os.path.join(modules, index)) as handle:
+                if any("/overlay.ko" in line for line in handle):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def _can_name(path: str) -> bool:
