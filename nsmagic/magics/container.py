@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import shlex
 import sys
-from dataclasses import replace
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -335,7 +334,6 @@ class ContainerMagics(Magics):
         if name in SHELLS:
             raise UsageError(f"{name!r} cannot name a container (it means a shell here).")
         spec, notes = self._spec_from(args)
-        spec = replace(spec, name=name)
         try:
             managed = MANAGER.start(name, spec)
             if managed.done.is_set():

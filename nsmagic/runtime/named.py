@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nsmagic.errors import ContainerSetupError, NsmagicError, SpecError
@@ -553,7 +553,7 @@ class ContainerManager:
         """Start a named long-lived container."""
         name = self._claim_name(name)
         try:
-            managed = ManagedContainer(name, spec, launcher).start_agent()
+            managed = ManagedContainer(name, _named(spec, name), launcher).start_agent()
         except BaseException:
             self._release_name(name)
             raise
@@ -567,7 +567,7 @@ class ContainerManager:
         timeout seconds it is killed."""
         name = self._claim_name(name)
         try:
-            managed = ManagedContainer(name, spec, launcher).start_background(
+            managed = ManagedContainer(name, _named(spec, name), launcher).start_background(
                 source, kind, timeout, **options)
         except BaseException:
             self._release_name(name)
@@ -605,6 +605,11 @@ class ContainerManager:
         """Kill and forget every container (the extension unloads or the kernel exits)."""
         for name in list(self.names()):
             self.remove(name, force=True)
+
+
+def _named(spec: ContainerSpec, name: str) -> ContainerSpec:
+    # The spec's name is what the registry, ls, the monitor and the dashboard label it by.
+    return spec if spec.name == name else replace(spec, name=name)
 
 
 MANAGER = ContainerManager()

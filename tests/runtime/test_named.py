@@ -262,3 +262,24 @@ def test_the_options_a_named_container_has_from_its_start():
     assert options_fixed_at_start(parser.parse_args(
         ["-v", "/x:/y", "--memory", "1G", "--read-only", "--cgroup", "g"])) == [
         "--memory", "--read-only", "--volume", "--cgroup"]
+
+
+def test_a_background_run_is_labelled_by_its_name_in_the_registry_and_the_monitor(manager):
+    # The dashboard draws the monitor's labels: the name, not the container's hex id.
+    from nsmagic.monitor import Monitor
+    from nsmagic.runtime.registry import REGISTRY
+
+    monitor = Monitor(rate=10)
+    watch = monitor.watch()
+    try:
+        job = manager.run_background(ContainerSpec.build(), "import time\ntime.sleep(1)",
+                                     name="labelled")
+        record = REGISTRY.get(job.spec.container_id)
+        assert (record.name, record.label) == ("labelled", "labelled")
+        assert wait_until(lambda: monitor.snapshot(job.spec.container_id), 5)
+        assert monitor.snapshot(job.spec.container_id).label == "labelled"
+        assert job.wait(10).ok
+    finally:
+        watch.close()
+    box = manager.start("agent", ContainerSpec.build())
+    assert REGISTRY.get(box.spec.container_id).label == "agent"
