@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "a README saying how to `runc run` it.")
     export.add_argument("--oci", required=True, metavar="DIR", help="the bundle directory")
     export.add_argument("--bundle-root", choices=("bind", "busybox"), default="bind",
-                        help="without --rootfs: bind the host's / into rootfs/ with the "
-                             "bundle's prepare-rootfs.sh (default), or a busybox-static root")
+                        help="without --rootfs: the default container's view of the host, "
+                             "mounted by runc itself (bind, the default), or a busybox-static "
+                             "root (see docs/oci.md)")
     export.add_argument("--copy-rootfs", action="store_true",
                         help="copy the --rootfs directory into the bundle (default: refer "
                              "to it)")

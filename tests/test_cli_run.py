@@ -186,7 +186,7 @@ def test_export_writes_a_bundle(tmp_path):
     assert config["hostname"] == "exp"
     assert config["process"]["args"] == ["sh", "-c", "echo hi"]
     assert config["linux"]["resources"]["memory"]["limit"] == 32 << 20
-    assert (tmp_path / "b" / "prepare-rootfs.sh").exists()
+    assert (tmp_path / "b" / "rootfs").is_dir() and config["linux"]["maskedPaths"]
 
 
 # -- ls, stats, prune ----------------------------------------------------------------------------
