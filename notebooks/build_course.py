@@ -302,17 +302,21 @@ except PermissionError:
             "El namespace `time` quedó *same*. También `user`, cuando el notebook corre como "
             "root. ¿Por qué no es un problema para `user` aquí y qué cambia `--userns`?"),
             (
-            "As root, nsmagic does not need a user namespace to create the others, so the "
-            "container's root *is* the host's root (protected by the other namespaces and "
-            "cgroups only). `--userns` gives it its own user namespace: root inside maps to an "
-            "unprivileged user outside (notebook 2 shows it). nsmagic does not create time "
-            "namespaces: a container shares the host's clocks.",
+            "As root, nsmagic does not need a user namespace to create the others, so root "
+            "inside the container *is* the host's uid 0, held back by everything else: the "
+            "other namespaces, a read-only view of the host's files, Docker's capability set "
+            "and seccomp filter, and cgroups. `--userns` gives it its own user namespace: root "
+            "inside then maps to another uid outside, a range of host ids of the container's "
+            "own when the notebook runs as root (notebook 2 shows it). nsmagic does not create "
+            "time namespaces: a container shares the host's clocks.",
             "Como root, nsmagic no necesita un namespace de usuario para crear los demás, así "
-            "que el root del contenedor *es* el root del host (protegido solo por los demás "
-            "namespaces y los cgroups). `--userns` le da su propio namespace de usuario: root "
-            "dentro corresponde a un usuario sin privilegios fuera (lo verás en el notebook 2). "
-            "nsmagic no crea namespaces de tiempo: el contenedor comparte los relojes del "
-            "host.")),
+            "que root dentro del contenedor *es* el uid 0 del host, frenado por todo lo demás: "
+            "los otros namespaces, una vista de solo lectura de los ficheros del host, las "
+            "capacidades y el filtro seccomp de Docker, y los cgroups. `--userns` le da su "
+            "propio namespace de usuario: root dentro corresponde entonces a otro uid fuera, un "
+            "rango de ids del host propio del contenedor si el notebook corre como root (lo "
+            "verás en el notebook 2). nsmagic no crea namespaces de tiempo: el contenedor "
+            "comparte los relojes del host.")),
         exercise(3, (
             "Inside a container, what is the name of process 1? Read `/proc/1/comm` from a "
             "`%%container` cell, then from the notebook.",
@@ -658,79 +662,137 @@ print('notebook got:', reply.strip())
             "%container start buddy --net container:server\n```")),
         # USER -----------------------------------------------------------------------------
         Md('''
-## USER: root inside, nobody outside
-A user namespace maps user ids: `--userns` makes uid 0 inside the container an unprivileged
-user outside (`/proc/self/uid_map` shows the mapping: *inside, outside, count*). Root inside
-may do root things to what its namespaces own (set the host name, mount a tmpfs), but a file
-it writes on a host path belongs to the unprivileged user, and host files owned by root stay
-out of reach. When the notebook does not run as root, nsmagic always uses a user namespace.
+## USER: root inside, someone else outside
+A user namespace maps user ids: with `--userns`, uid 0 inside the container is another uid
+outside (`/proc/self/uid_map` shows the mapping: *inside, outside, count*). Which one depends
+on who runs the notebook:
+
+- as **root**, nsmagic gives each container a range of 65536 host ids of its own, which no
+  user of the host has: root inside is, outside, a uid no one else owns;
+- as an **ordinary user**, root inside is that user itself (its subordinate ids, if it has
+  any, serve the other ids inside): it can do no more than the user already could.
+
+The kernel lets root inside do root things to what its namespaces own (set the host name,
+mount a tmpfs; nsmagic, as Docker, still drops those capabilities and its seccomp filter
+refuses `mount`, unless `--privileged`), but a file it writes in a shared folder belongs to
+its uid outside, and files whose owner has no id inside stay out of its reach. When the
+notebook does not run as root, nsmagic always uses a user namespace.
+
+A container sees a host folder only when it is shared: `--volume HOST:CONTAINER` bind-mounts
+one (the MOUNT section below says more). Here the notebook makes a folder in `/var/tmp`, with
+one file only it may read, and shares the folder as `/lab`.
 
 *Documentation:* `man 7 user_namespaces`.
 ''', '''
-## USER: root dentro, nadie fuera
-Un namespace de usuario traduce identificadores: `--userns` hace que el uid 0 dentro del
-contenedor sea un usuario sin privilegios fuera (`/proc/self/uid_map` muestra la traducción:
-*dentro, fuera, cantidad*). Root dentro puede hacer cosas de root sobre lo que poseen sus
-namespaces (cambiar el nombre del host, montar un tmpfs), pero un fichero que escribe en una
-ruta del host pertenece al usuario sin privilegios, y los ficheros del host que son de root
-quedan fuera de su alcance. Si el notebook no corre como root, nsmagic siempre usa un namespace
-de usuario.
+## USER: root dentro, otro fuera
+Un namespace de usuario traduce identificadores: con `--userns`, el uid 0 dentro del
+contenedor es otro uid fuera (`/proc/self/uid_map` muestra la traducción: *dentro, fuera,
+cantidad*). Cuál depende de quién ejecuta el notebook:
+
+- como **root**, nsmagic da a cada contenedor un rango propio de 65536 ids del host que no
+  tiene ningún usuario del host: root dentro es, fuera, un uid que no es de nadie más;
+- como **usuario normal**, root dentro es ese mismo usuario (sus ids subordinados, si los
+  tiene, sirven para los demás ids de dentro): no puede hacer más de lo que el usuario ya
+  podía.
+
+El kernel deja a root dentro hacer cosas de root sobre lo que poseen sus namespaces (cambiar
+el nombre del host, montar un tmpfs; nsmagic, como Docker, quita igualmente esas capacidades y
+su filtro seccomp rechaza `mount`, salvo con `--privileged`), pero un fichero que escribe en una
+carpeta compartida pertenece a su uid de fuera, y los ficheros cuyo dueño no tiene id dentro
+quedan fuera de su alcance. Si el notebook no corre como root, nsmagic siempre usa un
+namespace de usuario.
+
+Un contenedor solo ve una carpeta del host si se comparte: `--volume HOST:CONTENEDOR` la monta
+(la sección MOUNT de abajo cuenta más). Aquí el notebook crea una carpeta en `/var/tmp`, con un
+fichero que solo él puede leer, y la comparte como `/lab`.
 
 *Documentación:* `man 7 user_namespaces`.
 '''),
         Code('''
 import pwd, shutil, tempfile
-labdir = tempfile.mkdtemp(prefix='nsmagic-lab-', dir='/var/tmp')   # «shared»
-os.chmod(labdir, 0o777)
+labdir = tempfile.mkdtemp(prefix='nsmagic-lab-', dir='/var/tmp')
+os.chmod(labdir, 0o777)   # «shared»
+private = os.path.join(labdir, 'notebook-only.txt')
+with open(private, 'w') as handle:
+    handle.write('for the notebook only\\n')
+os.chmod(private, 0o600)   # «private»
 print('notebook runs as uid', os.getuid(), f'({pwd.getpwuid(os.getuid()).pw_name})')
-print('shared folder:', labdir)
-''', shared=("a folder both sides can write", "una carpeta donde escriben ambos lados")),
+print('shared folder:', labdir, '- its private file is owned by', os.stat(private).st_uid)
+''', shared=("both sides may write the folder", "los dos lados pueden escribir en la carpeta"),
+            private=("only its owner may read it", "solo su dueño puede leerlo")),
         Code('''
 %%when ISOLATED -- «what»
-%%container --userns --in labdir
+%%container --userns --volume {labdir}:/lab
 import os
 print('uid inside:', os.getuid())
 print('uid_map:', open('/proc/self/uid_map').read().split())
-with open(f'{labdir}/written-inside.txt', 'w') as handle:
+with open('/lab/written-inside.txt', 'w') as handle:
     handle.write('hello\\n')
-print('owner seen inside:', os.stat(f'{labdir}/written-inside.txt').st_uid)
+print('owner seen inside:', os.stat('/lab/written-inside.txt').st_uid)
+print('the notebook\\'s private file, owner seen inside:',
+      os.stat('/lab/notebook-only.txt').st_uid)   # «overflow»
 try:
-    open('/etc/shadow').read()
+    open('/lab/notebook-only.txt').read()
+    print('reading the notebook\\'s private file: allowed')
 except OSError as error:
-    print('reading /etc/shadow:', type(error).__name__)
-''', what=("Inside: 'uid inside: 0', the file is owned by 0 as seen inside, and reading "
-           "/etc/shadow fails with PermissionError.",
-           "Dentro: 'uid inside: 0', el fichero pertenece a 0 visto desde dentro, y leer "
-           "/etc/shadow falla con PermissionError.")),
+    print('reading the notebook\\'s private file:', type(error).__name__)
+''', what=("Inside: 'uid inside: 0', and the file it writes in /lab is owned by 0 as seen "
+           "inside. As root, uid_map maps 0 to a range of 65536 host ids of the container's "
+           "own, and the notebook's private file (owner 0 outside, 65534 as seen inside) "
+           "cannot be read: PermissionError.",
+           "Dentro: 'uid inside: 0', y el fichero que escribe en /lab pertenece a 0 visto "
+           "desde dentro. Como root, uid_map traduce 0 a un rango propio de 65536 ids del "
+           "host, y el fichero privado del notebook (dueño 0 fuera, 65534 visto desde dentro) "
+           "no se puede leer: PermissionError."),
+            overflow=("an owner with no id inside shows as 65534",
+                      "un dueño sin id dentro aparece como 65534")),
         Code('''
 path = os.path.join(labdir, 'written-inside.txt')
 if os.path.exists(path):
     owner = os.stat(path).st_uid
-    print('owner seen outside:', owner, f'({pwd.getpwuid(owner).pw_name})')
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:   # «noname»
+        name = 'no user of this host: a uid of the container\\'s own range'
+    print('owner seen outside:', owner, f'({name})')
 else:
     print('«nofile»')
 shutil.rmtree(labdir)
-''', nofile=("No container wrote the file on this host. Where one can, the owner seen outside "
-             "is the unprivileged user root inside maps to (nobody, 65534, when the notebook "
-             "runs as root).",
-             "En este host ningún contenedor escribió el fichero. Donde se puede, el dueño "
-             "visto desde fuera es el usuario sin privilegios al que corresponde root dentro "
-             "(nobody, 65534, si el notebook corre como root).")),
+''', noname=("/etc/passwd has no name for this uid",
+             "/etc/passwd no tiene nombre para este uid"),
+            nofile=("No container wrote the file on this host. Where one can, the owner seen "
+                    "outside is the uid root inside maps to: a uid of a range the container "
+                    "has to itself, which no host user has, when the notebook runs as root; "
+                    "the user running the notebook otherwise.",
+                    "En este host ningún contenedor escribió el fichero. Donde se puede, el "
+                    "dueño visto desde fuera es el uid al que corresponde root dentro: un uid "
+                    "del rango propio del contenedor, que no tiene ningún usuario del host, si "
+                    "el notebook corre como root; si no, el propio usuario del notebook.")),
         # MOUNT ----------------------------------------------------------------------------
         Md('''
 ## MOUNT: a file system view of its own
-A mount namespace has its own list of mounts. nsmagic gives every container a fresh, empty
-`/tmp` (a tmpfs) and a fresh `/proc`. `--read-only` makes the host's root read-only inside;
-`--overlay` puts a throw-away writable layer on top of it: writes succeed inside and vanish
-with the container.
+A mount namespace has its own list of mounts, and nsmagic builds a whole root in it, as
+Docker does from an image. Its root is a **read-only view** of the host's userland: `/usr`,
+`/etc` (with the host's secrets masked: `/etc/shadow` reads as an empty file), and the
+notebook's Python and nsmagic at their usual paths. On top lies a **private writable layer**
+(an overlay): writes succeed inside and vanish with the container. `/tmp`, `/var`, `/home`,
+`/root`, `/run` and `/srv` are the container's own and start empty; `/proc` is a fresh one.
+The host's other files are simply not there: a host folder is shared only with
+`--volume HOST:CONTAINER[:ro]` (`--volume .` shares the notebook's folder at its own path
+and starts the container there).
 
 *Documentation:* `man 7 mount_namespaces`, `man 8 mount` (overlay).
 ''', '''
 ## MOUNT: una vista propia del sistema de ficheros
-Un namespace de montaje tiene su propia lista de montajes. nsmagic da a cada contenedor un
-`/tmp` nuevo y vacío (un tmpfs) y un `/proc` nuevo. `--read-only` hace que la raíz del host sea
-de solo lectura dentro; `--overlay` pone encima una capa escribible desechable: las escrituras
-funcionan dentro y desaparecen con el contenedor.
+Un namespace de montaje tiene su propia lista de montajes, y nsmagic construye en él una raíz
+completa, como Docker a partir de una imagen. Su raíz es una **vista de solo lectura** del
+userland del host: `/usr`, `/etc` (con los secretos del host ocultos: `/etc/shadow` se lee como
+un fichero vacío), y el Python del notebook y nsmagic en sus rutas de siempre. Encima hay una
+**capa escribible privada** (un overlay): las escrituras funcionan dentro y desaparecen con el
+contenedor. `/tmp`, `/var`, `/home`, `/root`, `/run` y `/srv` son del contenedor y empiezan
+vacíos; `/proc` es uno nuevo. Los demás ficheros del host sencillamente no están: una carpeta
+del host solo se comparte con `--volume HOST:CONTENEDOR[:ro]` (`--volume .` comparte la carpeta
+del notebook en su misma ruta y arranca el contenedor allí).
 
 *Documentación:* `man 7 mount_namespaces`, `man 8 mount` (overlay).
 '''),
@@ -738,22 +800,59 @@ funcionan dentro y desaparecen con el contenedor.
 marker = f'/tmp/nsmagic-outside-{os.getpid()}.txt'
 open(marker, 'w').write('written by the notebook\\n')
 print('outside, /tmp has', len(os.listdir('/tmp')), 'entries, including', marker)
+probe = f'/var/tmp/nsmagic-outside-{os.getpid()}.txt'
+open(probe, 'w').write('written by the notebook\\n')
+print('outside, /var/tmp has', len(os.listdir('/var/tmp')), 'entries, including', probe)
 '''),
         Code('''
 %%when ISOLATED -- «what»
-%%container --in marker
+%%container --in marker,probe
 import os
 print('inside, /tmp entries:', os.listdir('/tmp'))
 print('inside, the notebook\\'s file exists:', os.path.exists(marker))
+print('inside, /var/tmp entries:', os.listdir('/var/tmp'))
+print('inside, the notebook\\'s /var/tmp file exists:', os.path.exists(probe))
+print('inside, /etc/shadow:', len(open('/etc/shadow').read()), 'bytes')   # «masked»
 open('/tmp/written-inside.txt', 'w').write('only here\\n')
 print('inside, /tmp now:', os.listdir('/tmp'))
-''', what=("Inside, /tmp is empty ([]), the notebook's file is not there, and a file written "
-           "in /tmp stays inside.",
-           "Dentro, /tmp está vacío ([]), el fichero del notebook no está y lo que se escribe "
-           "en /tmp se queda dentro.")),
+''', what=("Inside, /tmp and /var/tmp are empty ([]), neither of the notebook's files is "
+           "there, /etc/shadow reads as 0 bytes, and a file written in /tmp stays inside.",
+           "Dentro, /tmp y /var/tmp están vacíos ([]), ninguno de los ficheros del notebook "
+           "está, /etc/shadow se lee como 0 bytes y lo que se escribe en /tmp se queda "
+           "dentro."),
+            masked=("the host's secrets are masked in the view",
+                    "los secretos del host están ocultos en la vista")),
         Code('''
 print('outside, /tmp/written-inside.txt exists:', os.path.exists('/tmp/written-inside.txt'))
 os.remove(marker)
+'''),
+        Md('''
+The writable layer is there by default (`--overlay` says the same, and is accepted): a
+container may even write into `/etc`, and the file exists inside only.
+''', '''
+La capa escribible está ahí por defecto (`--overlay` dice lo mismo y se acepta): un
+contenedor puede incluso escribir en `/etc`, y el fichero solo existe dentro.
+'''),
+        Code('''
+%%when ISOLATED -- «what»
+%%container
+DEMO = '/etc/nsmagic-overlay-demo.txt'
+open(DEMO, 'w').write('written into /etc\\n')
+print('inside,', DEMO, 'says:', open(DEMO).read().strip())
+''', what=("A default container may write into /etc: the write lands in its private layer, "
+           "and the file exists inside only.",
+           "Un contenedor por defecto puede escribir en /etc: la escritura cae en su capa "
+           "privada y el fichero solo existe dentro.")),
+        Code('''
+DEMO = '/etc/nsmagic-overlay-demo.txt'
+print('outside,', DEMO, 'exists:', os.path.exists(DEMO))
+'''),
+        Md('''
+`--read-only` keeps the same view without the writable layer: nothing of the root can be
+written, except the private `/tmp` and `/dev/shm`.
+''', '''
+`--read-only` deja la misma vista sin la capa escribible: no se puede escribir nada de la
+raíz, salvo el `/tmp` privado y `/dev/shm`.
 '''),
         Code('''
 %%when ISOLATED -- «what»
@@ -768,46 +867,77 @@ for path in ('/var/tmp/nsmagic-read-only-test.txt', '/tmp/scratch.txt'):
            "private /tmp stays writable.",
            "Con --read-only: escribir en /var/tmp se rechaza ('Read-only file system'); el "
            "/tmp privado sigue siendo escribible.")),
+        Md('''
+### Giving the view up: `--host-root`
+`--host-root` gives the view up: the container's root is the host's own, read-write, as for
+any process outside a container. The other namespaces still apply (the container keeps its own
+`/tmp` and `/proc`), but every host file its user may change, it can change. nsmagic labels
+such a run loudly (`HOST ROOT: ...`). Here it finds the notebook's file in `/var/tmp`, which
+the default container could not see, and deletes it on the host.
+''', '''
+### Renunciar a la vista: `--host-root`
+`--host-root` renuncia a la vista: la raíz del contenedor es la del propio host, escribible,
+como para cualquier proceso fuera de un contenedor. Los demás namespaces siguen (el
+contenedor conserva su `/tmp` y su `/proc`), pero puede cambiar todo fichero del host que su
+usuario pueda cambiar. nsmagic marca esa ejecución bien a la vista (`HOST ROOT: ...`). Aquí
+encuentra el fichero del notebook en `/var/tmp`, que el contenedor por defecto no veía, y lo
+borra en el host.
+'''),
         Code('''
 %%when ISOLATED -- «what»
-%%container --overlay
-DEMO = '/etc/nsmagic-overlay-demo.txt'
-open(DEMO, 'w').write('written into /etc\\n')
-print('inside,', DEMO, 'says:', open(DEMO).read().strip())
-''', what=("With --overlay a container may even write into /etc; the file exists inside "
-           "only.",
-           "Con --overlay un contenedor puede incluso escribir en /etc; el fichero solo existe "
-           "dentro.")),
+%%container --host-root --in probe
+import os
+print('with --host-root: the notebook\\'s /var/tmp file exists:', os.path.exists(probe))
+os.remove(probe)   # «remove»
+print('with --host-root: removed', probe)
+''', what=("With --host-root the container sees the host's own /var/tmp, finds the "
+           "notebook's file there and removes it on the host (nsmagic prints 'HOST ROOT: ...').",
+           "Con --host-root el contenedor ve el /var/tmp del propio host, encuentra allí el "
+           "fichero del notebook y lo borra en el host (nsmagic imprime 'HOST ROOT: ...')."),
+            remove=("a change to the host's own files", "un cambio en los ficheros del propio "
+                    "host")),
         Code('''
-DEMO = '/etc/nsmagic-overlay-demo.txt'
-print('outside,', DEMO, 'exists:', os.path.exists(DEMO))
-'''),
+exists = os.path.exists(probe)
+print('outside, after --host-root: the notebook\\'s /var/tmp file exists:', exists)
+if exists:
+    os.remove(probe)   # «cleanup»
+''', cleanup=("no container removed it on this host", "en este host no lo borró ningún "
+              "contenedor")),
         exercise(3, (
-            "Give a container one host folder to write while the rest stays read-only: "
+            "Give a container one host folder to write while its root stays read-only: "
             "combine `--read-only` with `--volume`. Check from the notebook that the file "
             "arrived.",
-            "Da a un contenedor una carpeta del host donde escribir mientras el resto es de "
+            "Da a un contenedor una carpeta del host donde escribir mientras su raíz es de "
             "solo lectura: combina `--read-only` con `--volume`. Comprueba desde el notebook "
             "que el fichero llegó."),
             (
             "```python\nimport tempfile\nout = tempfile.mkdtemp()\n```\n"
-            "```python\n%%container --read-only --volume {out}:/data\n"
-            "open('/data/result.txt', 'w').write('42')\n```\n"
+            "```python\n%%container --read-only --volume {out}:/mnt\n"
+            "open('/mnt/result.txt', 'w').write('42')\n```\n"
             "```python\nprint(open(f'{out}/result.txt').read())   # 42\n```\n"
-            "(`{out}` on the magic's line is expanded from the notebook's variables.)",
+            "(`{out}` on the magic's line is expanded from the notebook's variables.) With "
+            "`--read-only` nothing can be created in the root, so the container path must "
+            "already exist there: `/mnt` does, empty; for `/data` nsmagic says it does not "
+            "exist (without `--read-only`, the writable layer creates it).",
             "```python\nimport tempfile\nout = tempfile.mkdtemp()\n```\n"
-            "```python\n%%container --read-only --volume {out}:/data\n"
-            "open('/data/result.txt', 'w').write('42')\n```\n"
+            "```python\n%%container --read-only --volume {out}:/mnt\n"
+            "open('/mnt/result.txt', 'w').write('42')\n```\n"
             "```python\nprint(open(f'{out}/result.txt').read())   # 42\n```\n"
-            "(`{out}` en la línea de la magia se expande con las variables del notebook.)")),
+            "(`{out}` en la línea de la magia se expande con las variables del notebook.) "
+            "Con `--read-only` no se puede crear nada en la raíz, así que la ruta del "
+            "contenedor ya debe existir: `/mnt` existe, vacía; con `/data` nsmagic dice que no "
+            "existe (sin `--read-only`, la capa escribible la crea).")),
         check_list('''
 - [ ] PID: the cell was pid 2, and the same container had an ordinary pid on the host.
 - [ ] UTS: renaming the host inside left the notebook's host name alone.
 - [ ] IPC: the host's queues were invisible inside, and visible with `--no-ipc`.
 - [ ] NET: a fresh namespace had only `lo`; on the bridge, a client container and the
   notebook both fetched a page from a server container.
-- [ ] USER: root inside wrote a file that belongs to an unprivileged user outside.
-- [ ] MOUNT: a private `/tmp`, a read-only root, and an overlay whose writes vanished.
+- [ ] USER: root inside wrote a file that belongs to another uid outside (one of the
+  container's own range as root, your own user otherwise), shared with `--volume`.
+- [ ] MOUNT: a read-only view of the host's userland with its secrets masked, a private
+  writable layer whose writes vanished, `--read-only` without it, and `--host-root`
+  changing a host file.
 
 Next: `03-cgroups.ipynb`, how much a container may use.
 ''', '''
@@ -816,9 +946,11 @@ Next: `03-cgroups.ipynb`, how much a container may use.
 - [ ] IPC: las colas del host eran invisibles dentro y visibles con `--no-ipc`.
 - [ ] NET: un namespace nuevo solo tenía `lo`; en el bridge, un contenedor cliente y el
   notebook obtuvieron una página de un contenedor servidor.
-- [ ] USER: root dentro escribió un fichero que pertenece a un usuario sin privilegios fuera.
-- [ ] MOUNT: un `/tmp` privado, una raíz de solo lectura y un overlay cuyas escrituras
-  desaparecieron.
+- [ ] USER: root dentro escribió un fichero que pertenece a otro uid fuera (uno del rango
+  propio del contenedor como root; si no, tu propio usuario), compartido con `--volume`.
+- [ ] MOUNT: una vista de solo lectura del userland del host con sus secretos ocultos, una
+  capa escribible privada cuyas escrituras desaparecieron, `--read-only` sin ella y
+  `--host-root` cambiando un fichero del host.
 
 Siguiente: `03-cgroups.ipynb`, cuánto puede usar un contenedor.
 '''),
@@ -1074,12 +1206,14 @@ run a command in it, read its usage, remove it.
 con límites, ejecutar un comando dentro, leer su consumo y borrarlo.
 '''),
         Code('''
-import sys
+import shlex, sys
+python = shlex.quote(sys.executable)   # «quote»
 %cgroup create exp1 --cpus 0.25 --memory 64M
-%cgroup run exp1 -- {sys.executable} -c "print(sum(i * i for i in range(3 * 10**6)))"
+%cgroup run exp1 -- {python} -c "print(sum(i * i for i in range(3 * 10**6)))"
 %cgroup show exp1
 %cgroup rm exp1
-'''),
+''', quote=("one word on the magic's line, even if the path has a space",
+              "una sola palabra en la línea de la magia, aunque la ruta tenga un espacio")),
         Code('''
 if dashboard is not None:
     try:

@@ -127,19 +127,26 @@ ISOLATED = {
                       "inside: /proc/sysvipc/msg has 0 queues",
                       "with --no-ipc: System V queue found", "with --no-ipc: POSIX queue found",
                       "inside: ['lo']", "Network is unreachable", "uid inside: 0",
-                      "reading /etc/shadow: PermissionError", "inside, /tmp entries: []",
+                      "\nowner seen inside: 0", "inside, /tmp entries: []",
                       "inside, the notebook's file exists: False",
+                      "inside, /var/tmp entries: []",
+                      "inside, the notebook's /var/tmp file exists: False",
+                      "inside, /etc/shadow: 0 bytes",
                       "outside, /tmp/written-inside.txt exists: False",
                       "refused /var/tmp/nsmagic-read-only-test.txt - Read-only file system",
                       "wrote /tmp/scratch.txt", "says: written into /etc",
-                      "outside, /etc/nsmagic-overlay-demo.txt exists: False"],
-    "03-cgroups": ["holding 16 MiB", "cgroup exp1"],
+                      "outside, /etc/nsmagic-overlay-demo.txt exists: False",
+                      "HOST ROOT: the container sees the host's own files",
+                      "with --host-root: the notebook's /var/tmp file exists: True",
+                      "outside, after --host-root: the notebook's /var/tmp file exists: False"],
+    # 8999995500000500000: the sum %cgroup run printed, so the command (the notebook's own
+    # interpreter, its path quoted) ran in the group.
+    "03-cgroups": ["holding 16 MiB", "cgroup exp1", "8999995500000500000"],
     "04-containers-vs-vms": ["10 containers started in"],
 }
 FULL = {
     "01-what-is-a-container": [],
-    "02-namespaces": ["client got: hello from server", "notebook got: hello from server",
-                      "uid_map: ['0', '65534', '1']", "owner seen outside: 65534 (nobody)"],
+    "02-namespaces": ["client got: hello from server", "notebook got: hello from server"],
     "03-cgroups": ["killed: out of memory, limit 64 MiB", "light: exit status 0",
                    "heavy: exit status 0", "fork refused after", "BlockingIOError"],
     "04-containers-vs-vms": [],
@@ -150,9 +157,30 @@ SANDBOX_EXPECTED = {
     "02-namespaces": ["host: System V queue key", "host: both queues removed",
                       "(tier 'none': ROOT is False)", "outside: ['lo'"],
     "03-cgroups": ["--cpus 0.25: cpu used:", "The CPU quota (0.25 cores) is NOT enforced",
-                   "how it ended: raised MemoryError", "rlimit group"],
+                   "how it ended: raised MemoryError", "rlimit group", "8999995500000500000"],
     "04-containers-vs-vms": [],
 }
+
+
+def _root_inside_outside(text: str, is_root: bool) -> None:
+    """The USER cells: root inside is one uid outside, the same one the notebook sees owning
+    the file root wrote in the shared folder. As root, a uid of a 65536-id range of the
+    container's own that no host user has, and the notebook's private file (host uid 0, which
+    has no id inside) stays unreadable; as a user, root inside is that user itself."""
+    mapped = re.search(r"uid_map: \['0', '(\d+)', '(\d+)'", text)
+    assert mapped, f"no uid_map line in:\n{text[-3000:]}"
+    outside, count = int(mapped.group(1)), int(mapped.group(2))
+    owner = re.search(r"owner seen outside: (\d+) \((.*)\)", text)
+    assert owner and int(owner.group(1)) == outside, (mapped.group(0), owner and owner.group(0))
+    if is_root:
+        assert outside not in (0, NOBODY) and count == 65536, mapped.group(0)
+        _assert_all(text, [f"owner seen outside: {outside} (no user of this host",
+                           "the notebook's private file, owner seen inside: 65534",
+                           "reading the notebook's private file: PermissionError"])
+    else:
+        assert outside == os.geteuid(), mapped.group(0)
+        _assert_all(text, ["the notebook's private file, owner seen inside: 0",
+                           "reading the notebook's private file: allowed"])
 
 
 def _vm_figures(text: str) -> None:
@@ -187,6 +215,8 @@ def test_notebook_on_this_host(lang, name):
         _assert_all(text, ISOLATED[name])
     if report.tier == "full" and report.is_root:
         _assert_all(text, FULL[name])
+    if name == "02-namespaces" and report.tier != "none":
+        _root_inside_outside(text, report.is_root)
     if name == "03-cgroups" and report.tier == "full":
         quarter, half = _share(text, "--cpus 0.25: cpu used:"), _share(text, "--cpus 0.5:")
         assert 0.1 < quarter < 0.4 and 0.3 < half < 0.7, (quarter, half)
