@@ -22,6 +22,7 @@ from nsmagic.images.reference import RegistryReference
 from nsmagic.images.store import Fetch
 
 CHUNK = 1 << 20
+NETWORK_CHUNK = 1 << 16
 TIMEOUT = (10, 60)  # seconds to connect, seconds of silence while reading
 USER_AGENT = "nsmagic/0.1 (+https://github.com/nsmagic)"
 
@@ -201,7 +202,8 @@ class RegistryClient:
     def _chunks(response: requests.Response, what: str) -> Iterator[bytes]:
         try:
             with response:
-                yield from response.iter_content(CHUNK)
+                # 64 KiB: what arrived before a cut is kept (a read of 1 MiB loses it all).
+                yield from response.iter_content(NETWORK_CHUNK)
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
                 requests.exceptions.Timeout) as error:
             raise TransferInterrupted(f"{what} was cut off: {_reason(error)}") from None

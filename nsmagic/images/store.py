@@ -250,12 +250,13 @@ class Store:
         hexdigest = digests.hex_of(digest, label)
         final = self.blob_path(digest)
         reporter = Reporter(progress, digest, "download", size or 0)
+        there = Reporter(progress, digest, "exists", size or 0)
         if os.path.exists(final):
-            reporter(size or 0, force=True)
+            there(size or 0, force=True)
             return final
         with self.lock(f"blob-{hexdigest}"):
-            if os.path.exists(final):
-                reporter(size or 0, force=True)
+            if os.path.exists(final):  # another process brought it meanwhile
+                there(size or 0, force=True)
                 return final
             partial = self.path("tmp", f"blob-{hexdigest}.partial")
             for attempt in range(ATTEMPTS):

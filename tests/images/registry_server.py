@@ -89,6 +89,7 @@ class FrontRules:
     corrupt: set[str] = field(default_factory=set)  # blob digests served with a byte flipped
     cut_after: dict[str, int] = field(default_factory=dict)  # digest -> bytes, then drop (once)
     ignore_range: bool = False
+    status: int | None = None  # answer every registry request with this status
     seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     token_requests: list[dict[str, list[str]]] = field(default_factory=list)
 
@@ -142,6 +143,11 @@ class Front:
                 rules.seen.append((self.command, self.path, dict(self.headers)))
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if rules.status:
+                    self.send_response(rules.status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if rules.token and self.headers.get("Authorization") != f"Bearer {rules.token}":
                     repository = self.path.split("/")[2:4]
                     self.send_response(401)
