@@ -158,7 +158,9 @@ class Front:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                headers = {k: v for k, v in self.headers.items()
+                # A header sent several times (skopeo's Accept) is one list to pass on.
+                headers = {k: ", ".join(self.headers.get_all(k) or [])
+                           for k in {k.title() for k in self.headers.keys()}
                            if k.lower() not in ("authorization", "connection")}
                 if rules.ignore_range:
                     headers.pop("Range", None)
