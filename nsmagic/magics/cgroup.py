@@ -242,6 +242,7 @@ def _parse(sub: str, rest: str) -> argparse.Namespace:
 
 
 def _print_notes(notes: list[str]) -> None:
+    """Warnings (limits only approximated, rlimits instead of a cgroup): on stderr."""
     for note in notes:
         print(f"nsmagic: {note}", file=sys.stderr)
 

@@ -114,7 +114,7 @@ class ContainerMagics(Magics):
             self._export_oci(spec, args.export_oci, cell, kind, shell, args.quiet)
         if not args.quiet:
             for note in notes:
-                print(f"nsmagic: {note}", file=sys.stderr)
+                _warn(note)
         count = getattr(self.shell, "execution_count", 0)
         source_options = ({"filename": f"Cell In[{count}] (container)", "first_line": 2}
                           if kind == "python" else {"filename": shell})
@@ -148,11 +148,11 @@ class ContainerMagics(Magics):
         result.limits = _limits_in_force(spec)
         if not args.quiet:
             for warning in result.warnings:
-                print(f"nsmagic: {warning}", file=sys.stderr)
+                _warn(warning)
             if result.oom is not None and result.describe() != result.oom["text"]:
                 # A process was OOM-killed, but not the payload itself (or the payload
                 # failed for another reason): still say so.
-                print(f"nsmagic: a process was {result.oom['text']}", file=sys.stderr)
+                _warn(f"a process was {result.oom['text']}")
         self._store_outputs(result.outputs, result.output_errors)
         self._report_failure(result, args.no_raise)
         return result if args.output_result else None
@@ -212,9 +212,8 @@ class ContainerMagics(Magics):
             cell, on_stdout=lambda text: write("stdout", text),
             on_stderr=lambda text: write("stderr", text), on_end=ended, **options)
         if not args.quiet:
-            print(f"nsmagic: running in the background in {managed.name!r}: "
-                  f"%container wait {managed.name} waits for the cell, logs {managed.name} "
-                  "shows its output", file=sys.stderr)
+            _note(f"running in the background in {managed.name!r}: %container wait "
+                  f"{managed.name} waits for the cell, logs {managed.name} shows its output")
         return background if args.output_result else None
 
     def _run_in_background(self, args: Any, spec: ContainerSpec, cell: str, kind: str,
@@ -235,9 +234,8 @@ class ContainerMagics(Magics):
         _background_plot(spec.container_id, args.plot)
         show_live_output(managed)
         if not args.quiet:
-            print(f"nsmagic: running in the background as {managed.name!r}: %container logs "
-                  f"{managed.name} / wait {managed.name} / stop {managed.name}",
-                  file=sys.stderr)
+            _note(f"running in the background as {managed.name!r}: %container logs "
+                  f"{managed.name} / wait {managed.name} / stop {managed.name}")
         return managed if args.output_result else None
 
     @staticmethod
@@ -347,7 +345,7 @@ class ContainerMagics(Magics):
             raise ContainerError(str(error)) from None
         if not args.quiet:
             for note in notes:
-                print(f"nsmagic: {note}", file=sys.stderr)
+                _warn(note)
             address = f", address {managed.result.address}" if managed.result.address else ""
             print(f"started {name} (pid {managed.result.pid}{address})")
         return managed if args.output_result else None
@@ -437,10 +435,9 @@ class ContainerMagics(Magics):
         except (SpecError, OSError) as error:
             raise UsageError(f"OCI export: {error}") from None
         if not quiet:
-            print(f"nsmagic: wrote an OCI bundle to {bundle.path} (see its README.md)",
-                  file=sys.stderr)
+            _note(f"wrote an OCI bundle to {bundle.path} (see its README.md)")
             for note in bundle.notes:
-                print(f"nsmagic: OCI bundle: {note}", file=sys.stderr)
+                _note(f"OCI bundle: {note}")  # what the bundle does unlike nsmagic
 
     def _container_dashboard(self, rest: list[str], text: str) -> None:
         from nsmagic.widgets import show_dashboard
@@ -599,6 +596,18 @@ def _limits_in_force(spec: ContainerSpec) -> Limits:
         return groups.get(spec.cgroup).limits()
     except (SpecError, OSError):
         return spec.limits
+
+
+def _note(text: str) -> None:
+    """What nsmagic did, as plain output (Jupyter shows stderr pink, as it shows errors)."""
+    print(f"nsmagic: {text}")
+
+
+def _warn(text: str) -> None:
+    """A warning, on stderr: the container is less isolated or limited than a default one
+    (PRIVILEGED, NO SECCOMP, HOST ROOT, NOT isolated, limits approximated) or than asked, or
+    something of it was lost (output cut, a process OOM-killed)."""
+    print(f"nsmagic: {text}", file=sys.stderr)
 
 
 def _write_stdout(text: str) -> None:

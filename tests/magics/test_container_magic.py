@@ -122,3 +122,22 @@ def test_unknown_nsmagic_subcommand(ipython_shell):
 def test_help_is_available(ipython_shell):
     doc = ipython_shell.find_cell_magic("container").__doc__
     assert "--memory" in doc and "--hostname" in doc and "--no-net" in doc
+
+
+def test_notes_are_plain_output_and_warnings_go_to_stderr(ipython_shell, capsys, tmp_path):
+    # Jupyter shows stderr pink, as an error: what nsmagic did is plain output...
+    assert run_cell(ipython_shell, "%%container --bg --name quietly\npass").success
+    shown = capsys.readouterr()
+    assert "nsmagic: running in the background as 'quietly'" in shown.out
+    assert shown.err == ""
+    ipython_shell.run_line_magic("container", "wait quietly")
+    ipython_shell.run_line_magic("container", "rm quietly")
+    assert run_cell(ipython_shell, f"%%container --export-oci {tmp_path / 'b'}\npass").success
+    shown = capsys.readouterr()
+    assert "nsmagic: wrote an OCI bundle to" in shown.out and shown.err == ""
+    # ...and a container less isolated than a default one is a warning, loud and on stderr.
+    for line, label in (("--privileged", "PRIVILEGED"), ("--host-root", "HOST ROOT"),
+                        ("--security-opt seccomp=unconfined", "NO SECCOMP")):
+        assert run_cell(ipython_shell, f"%%container {line}\npass").success
+        shown = capsys.readouterr()
+        assert f"nsmagic: {label}" in shown.err and label not in shown.out
