@@ -97,10 +97,13 @@ def gzipped(data: bytes) -> bytes:
 def write_layout(path: str, tag: str, layers: list[bytes], *, env: list[str] | None = None,
                  cmd: list[str] | None = None, architecture: str = "amd64",
                  extra_config: dict | None = None, compress: bool = True,
-                 index_of: list[tuple[str, str]] | None = None) -> str:
+                 index_of: list[tuple[str, str]] | None = None,
+                 diff_ids: list[str] | None = None, blobs_as_is: bool = False) -> str:
     """An OCI layout at path (added to what is there) holding one image of these
     uncompressed layer tars; index_of=[(arch, variant)...] wraps it in a multi-platform
-    index whose other entries point at copies with other architectures. The manifest digest."""
+    index whose other entries point at copies with other architectures; diff_ids overrides
+    the config's (to make a lying image), blobs_as_is stores the layers' bytes unchanged
+    under a gzip media type. The manifest digest."""
     blobs = os.path.join(path, "blobs", "sha256")
     os.makedirs(blobs, exist_ok=True)
 
@@ -114,11 +117,12 @@ def write_layout(path: str, tag: str, layers: list[bytes], *, env: list[str] | N
         config = {"architecture": arch, "os": "linux",
                   "config": {"Env": env or ["PATH=/usr/bin:/bin"], "Cmd": cmd or ["/bin/sh"],
                              **(extra_config or {})},
-                  "rootfs": {"type": "layers", "diff_ids": [sha256(t) for t in layers]}}
+                  "rootfs": {"type": "layers",
+                             "diff_ids": diff_ids or [sha256(t) for t in layers]}}
         config_bytes = json.dumps(config).encode()
         layer_descriptors = []
         for tar in layers:
-            blob = gzipped(tar) if compress else tar
+            blob = gzipped(tar) if compress and not blobs_as_is else tar
             layer_descriptors.append({
                 "mediaType": OCI_LAYER_GZIP if compress else OCI_LAYER_GZIP[:-5],
                 "digest": put(blob), "size": len(blob)})
