@@ -52,3 +52,40 @@ def test_a_host_without_namespaces_runs_cells_labelled_not_isolated():
     assert "uid 65534" in output  # the host's user: no user namespace made it 0
     assert "MemoryError" in output and "cell failed with ContainerError" in output
     assert "hostname: UsageError" in output
+
+
+KILL_SCRIPT = """
+import os, signal, sys, time
+import nsmagic
+container = nsmagic.Container()
+container.start("import os, time\\nprint(os.getpid(), flush=True)\\ntime.sleep(60)")
+line = os.read(container.output_fds["stdout"], 100).split()[0]
+while not container.pid_known:
+    container.handle_message(container.message_sockets[0])
+container.send_signal(signal.SIGKILL)  # pid 1 only: no pid namespace takes the rest along
+container.wait(timeout=30)
+deadline = time.monotonic() + 5
+while os.path.exists(f"/proc/{int(line)}") and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("payload alive:", os.path.exists(f"/proc/{int(line)}"))
+"""
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="building the sandbox switches to uid 65534")
+def test_without_a_pid_namespace_a_killed_pid_1_takes_its_payload_along():
+    # Orphans of a pid 1 killed before it could kill them reach the fork server (the next
+    # subreaper up), which kills them: without a pid namespace or a cgroup nothing else can.
+    tmp_path = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    os.chmod(tmp_path, 0o755)
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    script.chmod(0o644)
+    try:
+        completed = subprocess.run(
+            [sys.executable, str(SANDBOX), "--uid", "65534", "--home", str(tmp_path), "--",
+             sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+    assert "payload alive: False" in completed.stdout, completed.stdout + completed.stderr

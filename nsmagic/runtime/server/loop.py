@@ -95,6 +95,8 @@ class ForkServer:
             for container in list(self.containers):
                 self._forget(container)
                 _quietly(container.release)
+            self.warm = []
+            _quietly(self._kill_orphans)
             if self.bridge is not None:
                 _quietly(self.bridge.remove)
             self.forker.close()
@@ -241,6 +243,23 @@ class ForkServer:
         self._forget(container)
         container.reap()
         self._drop_idle_bridge()
+        if "pid" not in container.spec.namespaces:
+            self._kill_orphans()
+
+    def _kill_orphans(self) -> None:
+        """Kill and reap what a container without a pid namespace left: when its pid 1 was
+        killed before it could, its orphans were reparented to us (the next subreaper up),
+        and without a cgroup nothing else knows them."""
+        known = {self.forker.pid, *(c.init_pid for c in self.containers),
+                 *(w.pid for w in self.warm)}
+        # Generation by generation: killing one orphan makes its children ours in turn.
+        while orphans := [pid for pid in _children() if pid not in known]:
+            for pid in orphans:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
 
     def _bridge(self) -> network.Bridge:
         if self.bridge is None:
@@ -260,6 +279,14 @@ class ForkServer:
                 self.selector.unregister(fileobj)
             except (KeyError, ValueError):
                 pass
+
+
+def _children() -> list[int]:
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as handle:
+            return [int(pid) for pid in handle.read().split()]
+    except OSError:
+        return []
 
 
 def _quietly(release) -> None:  # noqa: ANN001
