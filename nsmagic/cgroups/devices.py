@@ -48,7 +48,8 @@ def _char(major: int, minor: int | None) -> DeviceRule:
     return DeviceRule("c", major, minor, "rwm")
 
 
-# What Docker (and runc's `runc spec`) allow a default container: everything else is denied.
+# What Docker (and runc's `runc spec`) allow a default container, but the console: everything
+# else is denied.
 # Making any node is allowed ('m'), so an image's /dev can be populated; opening one is not,
 # unless it is one of these.
 CONTAINER_DEVICES: tuple[DeviceRule, ...] = (
@@ -60,7 +61,8 @@ CONTAINER_DEVICES: tuple[DeviceRule, ...] = (
     _char(1, 8),  # /dev/random
     _char(1, 9),  # /dev/urandom
     _char(5, 0),  # /dev/tty
-    _char(5, 1),  # /dev/console
+    # Not 5:1: a container has no console of its own here, and a node made for 5:1 would
+    # be the host's system console (Docker allows it for the pts it binds there with -t).
     _char(5, 2),  # /dev/ptmx
     _char(136, None),  # /dev/pts/*
 )

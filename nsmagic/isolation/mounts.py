@@ -24,9 +24,15 @@ STAGING = "/tmp"
 # Inside the new root the old root waits here until it is detached: on the tmpfs that then
 # becomes the container's /tmp, so no directory is created in the root's own files for it.
 OLD_ROOT = "/tmp/.oldroot"
+# The most each of a container's writable RAM file systems holds (/tmp, its root's own
+# directories, its writable layer): their pages count against its memory cgroup, but a
+# container without --memory must not fill half the host's RAM (the kernel's default size).
+TMPFS_SIZE = os.environ.get("NSMAGIC_TMPFS_SIZE", "1g")
 # An empty read-only file on the staging tmpfs, bound over every masked file.
 EMPTY = f"{STAGING}/empty"
-ROOT_MODES = ("view", "host")  # besides a directory (--rootfs)
+ROOT_MODES = ("view", "image", "host")  # besides a directory (--rootfs)
+# Where a container of an image sees nsmagic's package, read-only (its python3 runs it).
+IMAGE_LIBRARY = "/.nsmagic"
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,9 @@ class Volume:
 class MountOptions:
     """What the container's mount namespace should look like."""
 
-    root: str = "view"  # "view", "host" (the host's root as it is), or a directory
+    root: str = "view"  # "view", "image", "host" (the host's root as it is), or a directory
+    layers: tuple[str, ...] = ()  # root "image": its unpacked layers, lowest first
+    userxattr: bool = False  # the layers keep overlayfs's attributes in user.* xattrs
     read_only: bool = False  # no writable layer: the root and all under it read-only
     proc: bool = True  # a fresh /proc for the container's pid namespace
     private_tmp: bool = True  # an empty tmpfs on /tmp
@@ -124,7 +132,14 @@ def set_host_name_files(hostname: str, address: str | None = None) -> None:
 def _build_root(options: MountOptions) -> tuple[str, _Layers]:
     """Assemble the container's root on the staging tmpfs; return its path (a mount) and
     its layers."""
-    if options.root != "view":
+    if options.root == "image":
+        # Held open, and named by descriptor in the overlay's options: shorter than their
+        # paths (the options of one mount are at most a page), and the staging tmpfs may
+        # cover where they are (a store under /tmp).
+        held_layers = [os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                       for d in options.layers]
+        library = os.open(view.package_directory(), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    elif options.root != "view":
         rootfs = os.path.realpath(options.root)
         for point in ("proc", "dev", "sys", "tmp"):
             if os.path.islink(os.path.join(rootfs, point)):
@@ -133,7 +148,7 @@ def _build_root(options: MountOptions) -> tuple[str, _Layers]:
         # Held open: the staging tmpfs may cover it (a root directory under /tmp).
         held = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     with step(f"mounting the staging tmpfs on {STAGING}"):
-        mountops.mount_tmpfs(STAGING, 0o700)
+        mountops.mount_tmpfs(STAGING, 0o700, size=TMPFS_SIZE)
         with open(EMPTY, "w"):
             pass
         os.chmod(EMPTY, 0o444)
@@ -143,7 +158,7 @@ def _build_root(options: MountOptions) -> tuple[str, _Layers]:
     if options.root == "view":
         with step(f"mounting the container's root tmpfs on {root}"):
             # nodev: a device node made inside (CAP_MKNOD) does not open.
-            mountops.mount_tmpfs(root, 0o755)
+            mountops.mount_tmpfs(root, 0o755, size=TMPFS_SIZE)
         _populate(root)
         host = view.host_view()
         for target, link in host.links:
@@ -154,6 +169,20 @@ def _build_root(options: MountOptions) -> tuple[str, _Layers]:
         # Bound, as Docker binds hostname, hosts and resolv.conf: through the view's
         # layer a user-namespace root could not write files of the host's root.
         _own_etc_files(root, etc.GENERATED)
+    elif options.root == "image":
+        try:
+            layers.stack([f"/proc/self/fd/{fd}" for fd in held_layers], root, options.read_only,
+                         options.userxattr)
+            for point in ("proc", "dev", "sys", "tmp"):
+                mountops.ensure_directory(root + "/" + point, "a mount point")
+            with step("showing nsmagic's package to the image's python3"):
+                target = f"{root}{IMAGE_LIBRARY}/nsmagic"
+                mountops.create_mount_point(target, is_directory=True)
+                mountops.bind(f"/proc/self/fd/{library}", target, read_only=True)
+        finally:
+            for fd in (*held_layers, library):
+                os.close(fd)
+        _own_etc_files(root, etc.BOUND)
     else:
         try:
             _show(f"/proc/self/fd/{held}", root, layers, options.read_only, named=rootfs)
@@ -242,6 +271,32 @@ class _Layers:
                                     "is read-only (writes there fail with EROFS)")
             mountops.bind(lower, target, read_only=True)
 
+    def stack(self, lowers: list[str], target: str, read_only: bool, userxattr: bool) -> None:
+        """An image's layers (lowest first) as one overlay at target, with a private writable
+        layer on top (none when read_only)."""
+        extra = self.extra or (",userxattr" if userxattr else "")
+        # overlayfs lists its lower layers from the top down.
+        lowerdir = ":".join(reversed(lowers))
+        with step(f"stacking the image's {len(lowers)} layers on {target}"):
+            if read_only and len(lowers) == 1:
+                mountops.bind(lowers[0], target, read_only=True)  # one layer: no overlay
+                return
+            options = f"lowerdir={lowerdir}" + extra
+            if not read_only:
+                layer = f"{self.base}/image"
+                os.makedirs(f"{layer}/upper")
+                os.mkdir(f"{layer}/work")
+                options += f",upperdir={layer}/upper,workdir={layer}/work"
+            try:
+                syscalls.mount("overlay", target, "overlay",
+                               syscalls.MS_NOSUID | syscalls.MS_NODEV
+                               | (syscalls.MS_RDONLY if read_only else 0), options)
+            except OSError as error:
+                if error.errno == errno.ENODEV:
+                    raise OSError(errno.ENODEV, "this kernel has no overlayfs, which an "
+                                  "image's layers need") from error
+                raise
+
 
 def _mask_secrets(root: str, paths: tuple[str, ...]) -> None:
     """Hide the host's secrets in the view: an empty file over each, an empty read-only
@@ -292,7 +347,7 @@ def _pivot_into(new_root: str) -> None:
             raise OSError(errno.ELOOP, f"{tmp} is a symbolic link")
         if not os.path.isdir(tmp):
             os.mkdir(tmp)
-        mountops.mount_tmpfs(tmp, 0o1777)
+        mountops.mount_tmpfs(tmp, 0o1777, size=TMPFS_SIZE)
         os.mkdir(os.path.join(tmp, os.path.basename(OLD_ROOT)), 0o700)
     with step(f"pivot_root into {new_root}"):
         syscalls.pivot_root(new_root, new_root + OLD_ROOT)
@@ -506,7 +561,7 @@ def mount_proc() -> str | None:
 
 def mount_private_tmp() -> None:
     """Give the container an empty /tmp of its own that vanishes with it."""
-    mountops.mount_tmpfs("/tmp", 0o1777)
+    mountops.mount_tmpfs("/tmp", 0o1777, size=TMPFS_SIZE)
 
 
 def mount_cgroup_views(group_directories: list[str]) -> str | None:

@@ -95,8 +95,6 @@ POLICY: tuple[Rule, ...] = (
           "removexattrat statmount listmount"),
     _rule(ALLOW, "mknod needs CAP_MKNOD and chroot CAP_SYS_CHROOT, both in Docker's default "
           "set; the device cgroup decides which devices open", "mknod mknodat chroot"),
-    _rule(ALLOW, "a file handle alone opens nothing: open_by_handle_at is the dangerous half "
-          "and is refused", "name_to_handle_at"),
     _rule(ALLOW, "waiting for files, timers and events", "poll ppoll ppoll_time64 select "
           "_newselect pselect6 pselect6_time64 epoll_create epoll_create1 epoll_ctl "
           "epoll_ctl_old epoll_wait epoll_wait_old epoll_pwait epoll_pwait2 eventfd eventfd2 "
@@ -172,6 +170,9 @@ POLICY: tuple[Rule, ...] = (
     *(_rule(ALLOW, "the harmless personas: Linux, 32-bit Linux, uname26, and the query",
             "personality", Arg(0, "eq", persona))
       for persona in (0x0, 0x0008, 0x20000, 0x20008, PERSONALITY_QUERY)),
+    _rule(REFUSE, "file handles name files outside the container's mounts (Docker allows "
+          "them only with CAP_SYS_ADMIN; open_by_handle_at is refused too)",
+          "name_to_handle_at"),
     _rule(REFUSE, "keyrings are not namespaced: keys would be shared with the host's users "
           "of the same uid", "keyctl add_key request_key"),
     _rule(REFUSE, "kernel programs and performance counters: a large attack surface that "

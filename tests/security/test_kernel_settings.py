@@ -233,11 +233,6 @@ RAM_FILESYSTEMS = """
 """
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "finding 17 open: observed /tmp 'tmpfs' of 12638248960 bytes (the kernel's default, half "
-    "of the host's 24 GiB) in a default container, and the root '/' (so /var/tmp and every "
-    "overlay's upper layer) the same unsized tmpfs; runc: /tmp on the bundle's disk, no RAM "
-    "file system"))
 def test_17_tmp_is_not_an_unbounded_ram_file_system():
     # Control: --privileged may mount a tmpfs of the kernel's default size itself.
     verdicts = compare(17, "/tmp an unsized tmpfs (half the host's RAM)", RAM_FILESYSTEMS,

@@ -74,20 +74,9 @@ ROWS = {
 }
 
 
-# Still open: nsmagic's table allows it on purpose ("a file handle alone opens nothing"),
-# Docker's profile allows it only with CAP_SYS_ADMIN.
-OPEN = {"name_to_handle_at": (
-    "finding 14 open for name_to_handle_at: observed answer EFAULT (past nsmagic's filter, "
-    "which allows it: 'a file handle alone opens nothing'); runc with Docker's profile: EPERM "
-    "(allowed there only with CAP_SYS_ADMIN)")}
-
-
 @pytest.mark.skipif(platform.machine() not in NUMBERS, reason="syscall numbers for x86_64 "
                     "and aarch64 only")
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
-                                               reason=OPEN[name])) if name in OPEN else name
-    for name in ROWS])
+@pytest.mark.parametrize("name", list(ROWS))
 def test_14_docker_refused_syscalls_answer_eperm(name):
     expression, control = ROWS[name]
     verdicts = compare(14, f"{name} gets past the filter", CALL.replace(
