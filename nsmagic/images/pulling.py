@@ -82,8 +82,15 @@ def pull_into(store: Store, source: Source, name: str, wanted: dict[str, str] | 
 
         pairs = list(zip(image.layers, config.diff_ids, strict=True))
         with ThreadPoolExecutor(PARALLEL_LAYERS, thread_name_prefix="nsmagic-pull") as pool:
-            for future in [pool.submit(bring, layer, diff_id) for layer, diff_id in pairs]:
-                future.result()
+            futures = [pool.submit(bring, layer, diff_id) for layer, diff_id in pairs]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                # A failure or a Ctrl-C: layers not started yet are not started at all.
+                for future in futures:
+                    future.cancel()
+                raise
         record = ImageRecord(
             name=name, manifest=image.digest, manifest_media_type=image.media_type,
             config=image.config.digest,

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from nsmagic.images.files import remove_any
 from nsmagic.images.store import Store
 from tests.images import builders
 from tests.images.registry_server import Front, Registry
@@ -31,7 +32,7 @@ def store(tmp_path) -> Store:
 
 
 @pytest.fixture(scope="session")
-def busybox_layout(tmp_path_factory) -> str:
+def busybox_layout(tmp_path_factory):
     """An OCI layout (tags 1 and 2) of a busybox image; 2 adds a layer on 1's."""
     path = str(tmp_path_factory.mktemp("layouts") / "busybox")
     base = builders.busybox_layer()
@@ -39,7 +40,8 @@ def busybox_layout(tmp_path_factory) -> str:
     extra = builders.tar_of([builders.Entry("etc", "dir", mode=0o755),
                              builders.Entry("etc/second", "file", b"second layer\n")])
     builders.write_layout(path, "2", [base, extra])
-    return path
+    yield path
+    remove_any(os.path.dirname(path))
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +87,11 @@ def front(loaded_registry):
 
 
 @pytest.fixture(autouse=True)
-def _no_user_store(monkeypatch, tmp_path):
-    """No test touches the user's or the machine's own store by accident."""
+def _no_user_store_and_nothing_left(monkeypatch, tmp_path):
+    """No test touches the user's or the machine's own store by accident, and the stores,
+    layouts and archives a test made are removed after it (read-only directories too)."""
     monkeypatch.setenv("NSMAGIC_IMAGE_STORE", str(tmp_path / "default-store"))
-    os.environ.pop("NSMAGIC_PLATFORM", None)
+    monkeypatch.delenv("NSMAGIC_PLATFORM", raising=False)
+    yield
+    for name in os.listdir(tmp_path):
+        remove_any(os.path.join(tmp_path, name))

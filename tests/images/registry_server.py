@@ -7,12 +7,14 @@ corrupt one, or cut a download off; it records what it was asked.
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import http.server
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -21,6 +23,14 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the forked child only calls it
+
+
+def _die_with_parent() -> None:
+    """In the registry's process before exec: SIGTERM when the test process dies, even by
+    SIGKILL (the fixture's stop() is the usual way; this one covers a killed test run)."""
+    _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -52,7 +62,8 @@ http:
   addr: {self.host}
 """)
         self.process = subprocess.Popen(["docker-registry", "serve", config],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 20
         while True:
             try:

@@ -13,6 +13,7 @@ import tarfile
 import pytest
 
 from nsmagic.images import export, pull, push
+from nsmagic.images.files import remove_any
 from tests.conftest import IS_ROOT
 from tests.images.conftest import skopeo, tool
 
@@ -28,7 +29,9 @@ def diff_ids(image) -> list[str]:
 @pytest.fixture(scope="module")
 def reference_image(tmp_path_factory, busybox_layout):
     """busybox:2 pulled from the layout our builder wrote: what every other route must give."""
-    return pull(f"oci:{busybox_layout}:2", store=str(tmp_path_factory.mktemp("reference")))
+    directory = str(tmp_path_factory.mktemp("reference"))
+    yield pull(f"oci:{busybox_layout}:2", store=directory)
+    remove_any(directory)
 
 
 @tool("skopeo")

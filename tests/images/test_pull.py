@@ -15,6 +15,7 @@ from nsmagic.images.reference import parse_registry
 from nsmagic.images.registry import RegistryClient, is_loopback
 from tests.conftest import wait_until
 from tests.images import builders
+from tests.images.conftest import skopeo
 
 CHILD = ("import sys; from nsmagic.images import pull; "
          "pull(sys.argv[1], store=sys.argv[2]); print('pulled')")
@@ -72,6 +73,17 @@ def test_a_multi_platform_index_gives_this_machines_image_unless_told_otherwise(
     with pytest.raises(ImageError, match=r"has no image for linux/s390x: it offers "
                        r"linux/amd64, linux/arm64/v8, linux/ppc64le$"):
         pull(f"oci:{layout}:m", store=store, platform="linux/s390x")
+
+
+def test_a_registrys_multi_platform_index_gives_this_machines_image(tmp_path, store,
+                                                                   loaded_registry):
+    layout = str(tmp_path / "multi")
+    builders.write_layout(layout, "m", [builders.busybox_layer()], architecture="amd64",
+                          index_of=[("arm64", "v8"), ("amd64", None)])
+    skopeo("copy", "--all", "--dest-tls-verify=false", f"oci:{layout}:m",
+           f"docker://{loaded_registry.host}/test/multi:m")
+    image = pull(f"{loaded_registry.host}/test/multi:m", store=store)
+    assert image.config.architecture == "amd64"
 
 
 def test_a_layout_without_the_tag_names_the_tags_it_has(store, busybox_layout):
