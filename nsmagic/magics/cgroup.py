@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -14,6 +15,7 @@ from IPython.display import display
 
 from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import CapabilityError, ContainerSetupError, NsmagicError, SpecError
+from nsmagic.magics.container import ContainerInterrupted
 from nsmagic.runtime import groups
 from nsmagic.runtime.container import Container, ContainerResult
 
@@ -207,10 +209,15 @@ class CgroupMagics(Magics):
         # No namespaces at all: the command sees the host and needs no privilege; only the
         # group applies. The fork server starts it, so this (threaded) kernel never forks.
         container = Container(namespaces=set(), userns=False, **options)
+        began = time.perf_counter()
         try:
             container.start(shlex.join(command), kind="shell")
             result = container.wait(on_stdout=_write_stdout, on_stderr=_write_stderr,
                                     timeout=args.timeout)
+        except KeyboardInterrupt:
+            ran = container.result.timings.get("total_s", time.perf_counter() - began)
+            raise ContainerInterrupted(f"interrupted: {command[0]} stopped after {ran:.1f} s") \
+                from None
         except ContainerSetupError as error:
             raise CgroupError(str(error)) from None
         except TimeoutError as error:

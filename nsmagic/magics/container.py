@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import sys
+import time
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -20,6 +21,7 @@ from nsmagic.runtime.container import Container, ContainerResult
 from nsmagic.runtime.named import (
     MANAGER,
     BackgroundCell,
+    CellInterrupted,
     ExecResult,
     ManagedContainer,
     options_fixed_at_start,
@@ -42,6 +44,14 @@ class ContainerError(Exception):
         if self.traceback_lines:
             return "".join(self.traceback_lines).rstrip("\n").split("\n")
         return [f"ContainerError: {self}"]
+
+
+class ContainerInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a container cell: one line, as IPython's own magics say it, not a
+    traceback through nsmagic (a KeyboardInterrupt still: Run All stops there)."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
 
 
 def _container_arguments(func: Any) -> Any:
@@ -127,6 +137,7 @@ class ContainerMagics(Magics):
             container = Container(spec)
         except SpecError as error:
             raise UsageError(str(error)) from None
+        began = time.perf_counter()
         try:
             try:
                 container.start(cell, kind=kind, inputs=inputs, outputs=outputs,
@@ -136,6 +147,11 @@ class ContainerMagics(Magics):
             with _live_plot(container.spec.container_id, args.plot):
                 result = container.wait(on_stdout=_write_stdout, on_stderr=_write_stderr,
                                         timeout=args.timeout)
+        except KeyboardInterrupt:
+            # wait() raises it once nothing of the container is left.
+            ran = container.result.timings.get("total_s", time.perf_counter() - began)
+            raise ContainerInterrupted(f"interrupted: container stopped after {ran:.1f} s") \
+                from None
         except (ContainerSetupError, TimeoutError) as error:
             message = f"{error}; it was killed" if isinstance(error, TimeoutError) else str(error)
             if args.no_raise:
@@ -186,6 +202,8 @@ class ContainerMagics(Magics):
                                       **options)
         except SpecError as error:
             raise UsageError(str(error)) from None
+        except CellInterrupted as interrupt:
+            raise ContainerInterrupted(interrupt.result.describe()) from None
         self.shell.user_ns.update(result.outputs)
         failure = _cell_failure(result)
         if failure is not None:
@@ -391,6 +409,9 @@ class ContainerMagics(Magics):
                 print(f"{managed.name}: {managed.describe()}")
         except TimeoutError as error:
             raise ContainerError(str(error)) from None
+        except KeyboardInterrupt:
+            raise ContainerInterrupted(f"interrupted: stopped waiting; {managed.name!r} runs "
+                                       "on") from None
         self.shell.user_ns.update(result.outputs)
         return result
 
@@ -620,4 +641,4 @@ def _write_stderr(text: str) -> None:
     sys.stderr.flush()
 
 
-__all__ = ["ContainerError", "ContainerMagics"]
+__all__ = ["ContainerError", "ContainerInterrupted", "ContainerMagics"]

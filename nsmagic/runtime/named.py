@@ -85,22 +85,32 @@ class ExecResult:
         """One line on how the cell ended: 'exit status 0', 'raised ValueError: ...', or
         what became of the container."""
         name = f"container {self.container!r}" if self.container else "the container"
-        why = (f"timed out after {self.timed_out:g} s" if self.timed_out is not None
-               else "interrupted")
-        if self.killed:
-            return f"{why}; the cell would not stop, so {name} was killed"
         if self.timed_out is not None:
+            why = f"timed out after {self.timed_out:g} s"
+            if self.killed:
+                return f"{why}; the cell would not stop, so {name} was killed"
             return f"{why}; the cell was interrupted and {name} runs on"
+        if self.interrupted:
+            if self.killed:
+                return (f"interrupted: the cell would not stop, so {name} was killed after "
+                        f"{self.elapsed_s:.1f} s")
+            return f"interrupted: the cell stopped after {self.elapsed_s:.1f} s; {name} runs on"
         if self.ended is not None:
             return f"{self.ended}; {name} has ended"
-        if self.interrupted:
-            return "interrupted"
         if self.exception is not None:
             return f"raised {self.exception}"
         return f"exit status {self.exit_code}"
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(f"<ExecResult: {self.describe()} in {self.elapsed_s * 1000:.1f} ms>")
+
+
+class CellInterrupted(KeyboardInterrupt):
+    """Ctrl-C interrupted a cell in a named container; result says how it ended."""
+
+    def __init__(self, result: ExecResult) -> None:
+        super().__init__(result.describe())
+        self.result = result
 
 
 class BackgroundCell:
@@ -377,7 +387,7 @@ class ManagedContainer:
                 result.outputs, result.output_errors = transfer.unpack_reply(*packed)
         result.elapsed_s = time.perf_counter() - began
         if result.interrupted:
-            raise KeyboardInterrupt
+            raise CellInterrupted(result)
         return result
 
     def _await_reply(self, result: ExecResult, timeout: float | None

@@ -368,3 +368,18 @@ def test_rlimit_group_limits_a_container_as_approximated(ipython_shell, capsys,
     assert re.search(r"driver\s+rlimit \(limits approximated\)", out)
     assert "note: this host has no writable cgroup" in out
     ipython_shell.run_line_magic("cgroup", "rm x")
+
+
+def test_ctrl_c_of_a_run_is_one_line(ipython_shell, nofile_for_containers):
+    from nsmagic.magics.container import ContainerInterrupted
+
+    from .interrupting import interrupt_after
+
+    ipython_shell.run_line_magic("cgroup", "create held --memory 256M")
+    try:
+        with interrupt_after(0.3), pytest.raises(ContainerInterrupted) as interrupted:
+            ipython_shell.run_line_magic("cgroup", "run held -- sleep 30")
+        assert re.fullmatch(r"interrupted: sleep stopped after 0\.\d s",
+                            interrupted.value._render_traceback_()[0])
+    finally:
+        ipython_shell.run_line_magic("cgroup", "rm held")

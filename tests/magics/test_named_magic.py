@@ -17,9 +17,11 @@ import pytest
 from IPython.core.error import UsageError
 
 from nsmagic.isolation import network
+from nsmagic.magics.container import ContainerInterrupted
 from nsmagic.runtime.named import MANAGER
 
 from ..conftest import IS_ROOT, wait_until
+from .interrupting import interrupt_after
 
 
 @pytest.fixture(autouse=True)
@@ -199,3 +201,37 @@ def test_an_oom_kill_in_a_named_container_fails_the_cell_as_ls_says_it(ipython_s
     assert row[1] == f"exited ({message.split(';')[0]})"
     assert f"ContainerError: {message}" in capsys.readouterr().out
     ipython_shell.run_line_magic("container", "rm hungry")  # ended: no -f needed
+
+
+def test_ctrl_c_of_a_named_containers_cell_is_one_line_and_the_container_runs_on(
+        ipython_shell, capsys):
+    ipython_shell.run_line_magic("container", "start calm")
+    capsys.readouterr()
+    with interrupt_after(0.5):
+        result = ipython_shell.run_cell("%%container calm\nkept = 7\nimport time\n"
+                                        "while True: time.sleep(0.1)")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    shown = capsys.readouterr()
+    assert re.fullmatch(r"interrupted: the cell stopped after 0\.\d s; container 'calm' runs "
+                        r"on\n", shown.out + shown.err), shown
+    assert ipython_shell.run_cell("%%container calm\nprint(kept)").success
+    assert capsys.readouterr().out == "7\n"
+
+
+def test_ctrl_c_of_a_cell_that_will_not_stop_kills_its_container_and_says_so(ipython_shell):
+    ipython_shell.run_line_magic("container", "start deaf")
+    with interrupt_after(0.3), pytest.raises(ContainerInterrupted) as interrupted:
+        ipython_shell.run_cell_magic("container", "deaf", "import signal, time\n"
+                                     "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                                     "while True: time.sleep(0.1)")
+    assert re.fullmatch(r"interrupted: the cell would not stop, so container 'deaf' was "
+                        r"killed after 1\.\d s", str(interrupted.value))
+    assert MANAGER.get("deaf").state == "exited"
+
+
+def test_ctrl_c_of_wait_is_one_line(ipython_shell):
+    ipython_shell.run_line_magic("container", "start waited")
+    with interrupt_after(0.3), pytest.raises(ContainerInterrupted,
+                                             match="stopped waiting; 'waited' runs on"):
+        ipython_shell.run_line_magic("container", "wait waited")
+    assert MANAGER.get("waited").state == "running"

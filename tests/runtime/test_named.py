@@ -283,3 +283,20 @@ def test_a_background_run_is_labelled_by_its_name_in_the_registry_and_the_monito
         watch.close()
     box = manager.start("agent", ContainerSpec.build())
     assert REGISTRY.get(box.spec.container_id).label == "agent"
+
+
+def test_ctrl_c_interrupts_the_cell_and_says_how_it_ended(manager):
+    import os
+    import signal
+    import threading
+
+    from nsmagic.runtime.named import CellInterrupted
+
+    box = manager.start("interrupted", ContainerSpec.build())
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(CellInterrupted) as interrupted:
+        box.exec("import time\nwhile True: time.sleep(0.05)")
+    assert isinstance(interrupted.value, KeyboardInterrupt)
+    assert interrupted.value.result.interrupted and not interrupted.value.result.killed
+    assert str(interrupted.value).startswith("interrupted: the cell stopped after 0.")
+    assert box.state == "running"
