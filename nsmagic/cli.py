@@ -18,7 +18,6 @@ import errno
 import json
 import os
 import selectors
-import shlex
 import signal
 import sys
 import threading
@@ -272,7 +271,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from nsmagic.runtime.container import Container
 
     command = _command_of(args)
-    if not command:
+    if not command and not args.image:
         return _usage_error("run", "give the command to run after --, e.g. "
                                    f"{PROG} run -- sh -c 'echo hi'")
     try:
@@ -280,15 +279,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         container = Container(spec)
     except SpecError as error:
         return _usage_error("run", str(error))
+    if spec.image:
+        # As docker run: the image's Entrypoint, then the arguments given (else its Cmd).
+        from nsmagic import images
+
+        config = images.get(spec.image).config
+        command = [*config.entrypoint, *(command or config.cmd)]
+        if not command:
+            container.close()
+            return _usage_error("run", f"the image {spec.image} names no command to run: "
+                                       "give one after --")
     passthrough = _Passthrough(container)
     # From here on a signal is passed on (or kept until the container runs), never raised.
     previous = {signum: signal.signal(signum, passthrough.on_signal)
                 for signum in FORWARDED_SIGNALS}
     try:
         try:
-            # exec: the command itself is the container's main process, so its exit status
-            # and the signals pid 1 forwards are its own, not a shell's.
-            container.start("exec " + shlex.join(command), kind="shell")
+            # Executed as it is: the command itself is the container's main process, so its
+            # exit status and the signals pid 1 forwards are its own, not a shell's.
+            container.start(kind="command", argv=command)
         except SpecError as error:
             return _usage_error("run", str(error))
         # Raw bytes: take the output pipes from the Container, which would decode them.

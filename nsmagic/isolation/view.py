@@ -54,6 +54,11 @@ def host_view() -> HostView:
     return HostView(tuple(directories), tuple(links), tuple(sorted(masked)))
 
 
+def package_directory() -> str:
+    """nsmagic's own package directory on the host."""
+    return _PACKAGE
+
+
 def _python_paths() -> list[str]:
     """The directories the interpreter imports from and runs from: its prefixes, the
     directories on sys.path (nsmagic's own folder as just the package), its executable's."""

@@ -138,21 +138,32 @@ class Container:
         self._kind = "python"
         self._kept = {"stdout": 0, "stderr": 0}
         self._malformed_noted = False
+        self._lease: Any = None
         self.result = ContainerResult(warnings=list(notes))
         self._started_at = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, source: str = "", kind: str = "python", filename: str = "<container>",
               first_line: int = 1, inputs: dict[str, Any] | None = None,
-              outputs: list[str] | tuple[str, ...] = ()) -> Container:
+              outputs: list[str] | tuple[str, ...] = (), argv: list[str] | tuple[str, ...] = ()
+              ) -> Container:
         """Launch the payload; returns at once. Output is read by wait().
 
-        inputs: notebook variables copied in (pickled) before the code runs; outputs: names
-        of variables copied back after it (into result.outputs), plain data only.
+        kind: "python" (source), "shell" (source, a script), "command" (argv, executed as
+        it is) or "agent". inputs: notebook variables copied in (pickled) before the code
+        runs; outputs: names of variables copied back after it (into result.outputs), plain
+        data only.
         """
         packed = transfer.pack(inputs) if inputs else None
         payload = Payload(kind=kind, source=source, filename=filename, first_line=first_line,
-                          inputs=packed is not None, outputs=tuple(outputs))
+                          inputs=packed is not None, outputs=tuple(outputs), argv=tuple(argv))
+        if self.spec.image and kind in ("python", "agent") and not _image_has_python(self.spec):
+            raise SpecError(f"the image {self.spec.image} has no python3 on its PATH, so it "
+                            "cannot run Python: run a shell cell instead (%%container bash "
+                            f"--image {self.spec.image}, or kind='shell').")
+        if self.spec.image and self._lease is None:
+            # Held while the container lives: the image's layers are its root.
+            self._lease = images_lease(self.spec.image)
         launcher = self._launcher or default_launcher()
         supervisor_theirs = events_theirs = data_theirs = None
         stdout_write = stderr_write = None
@@ -329,7 +340,7 @@ class Container:
         """Start the payload and wait for it; output is collected, not printed."""
         self.start(source, kind=kind, filename=kwargs.pop("filename", "<container>"),
                    first_line=kwargs.pop("first_line", 1), inputs=kwargs.pop("inputs", None),
-                   outputs=kwargs.pop("outputs", ()))
+                   outputs=kwargs.pop("outputs", ()), argv=kwargs.pop("argv", ()))
         return self.wait(**kwargs)
 
     def finish(self) -> None:
@@ -372,6 +383,9 @@ class Container:
             except OSError:
                 pass
         self._pipes = {}
+        if self._lease is not None:
+            self._lease.close()
+            self._lease = None
         for fd in (self._pidfd, self._share_network_with):
             if fd is not None:
                 os.close(fd)
@@ -550,6 +564,20 @@ def _small_int(value: object, low: int, high: int) -> int | None:
     return None
 
 
+def _image_has_python(spec: ContainerSpec) -> bool:
+    """Whether some layer of the image has python3 in a directory of the image's PATH."""
+    directories = [d for d in spec.env.get("PATH", "").split(":") if d.startswith("/")]
+    return any(os.path.lexists(os.path.join(layer + directory, "python3"))
+               for layer in spec.image_layers for directory in directories)
+
+
+def images_lease(reference: str) -> Any:
+    """A lease on an image of the store (prune keeps it while the container runs)."""
+    from nsmagic import images
+
+    return images.lease(reference).open()
+
+
 def _remove_orphaned_cgroup(name: str, result: ContainerResult) -> None:
     from nsmagic.cgroups import detect_driver
 
@@ -567,9 +595,13 @@ def _trim_registry() -> None:
         REGISTRY.forget(record.container_id)
 
 
-def run(source: str, kind: str = "python", inputs: dict[str, Any] | None = None,
-        outputs: list[str] | tuple[str, ...] = (), **options: Any) -> ContainerResult:
-    """Run source in a fresh container and return its result (nsmagic.run)."""
+def run(source: str = "", kind: str = "python", inputs: dict[str, Any] | None = None,
+        outputs: list[str] | tuple[str, ...] = (), argv: list[str] | tuple[str, ...] = (),
+        filename: str = "<container>", first_line: int = 1, **options: Any
+        ) -> ContainerResult:
+    """Run source (or, kind "command", argv) in a fresh container and return its result
+    (nsmagic.run); filename and first_line name the source in tracebacks."""
     launcher = options.pop("launcher", None)
     with Container(launcher=launcher, **options) as container:
-        return container.run(source, kind=kind, inputs=inputs, outputs=outputs)
+        return container.run(source, kind=kind, inputs=inputs, outputs=outputs, argv=argv,
+                             filename=filename, first_line=first_line)

@@ -15,7 +15,7 @@ from typing import Any
 from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import SpecError
 from nsmagic.runtime.registry import REGISTRY
-from nsmagic.runtime.spec import DEFAULT_NAMESPACES, ContainerSpec
+from nsmagic.runtime.spec import DEFAULT_NAMESPACES, ContainerSpec, ImageRoot
 
 SWITCHABLE = ("pid", "uts", "ipc", "net", "mount")
 LIMIT_OPTIONS = ("cpus", "memory", "memory_swap", "pids", "cpu_weight", "cpuset")
@@ -62,6 +62,13 @@ CONTAINER_OPTIONS: tuple[Option, ...] = (
                               "help": "the container's root read-only"}),
     Option(("--overlay",), {"action": "store_true",
                             "help": "a writable root whose changes vanish with the container"}),
+    Option(("--image",), {"metavar": "REF",
+                          "help": "an image's layers as the container's root (pulled if "
+                                  "needed): NAME[:TAG], HOST[:PORT]/NAME[:TAG], oci:DIR[:TAG] "
+                                  "or docker-archive:FILE"}),
+    Option(("--user", "-u"), {"metavar": "NAME[:GROUP]",
+                              "help": "the user the code runs as inside (an image's own by "
+                                      "default)"}),
     Option(("--rootfs",), {"metavar": "DIR", "help": "DIR as the container's root"}),
     Option(("--host-root",), {"action": "store_true",
                               "help": "the host's own root, read-write (NOT isolated from "
@@ -110,7 +117,7 @@ def keywords_from_args(args: Any, defaults: dict[str, str | None] | None = None
         "hostname": args.hostname, "env": environment_from(args.env), "net": args.net,
         "read_only": args.read_only, "overlay": args.overlay, "rootfs": args.rootfs,
         "host_root": args.host_root, "volumes": volumes, "privileged": args.privileged,
-        "seccomp": seccomp_from(args.security_opt),
+        "seccomp": seccomp_from(args.security_opt), "image": args.image, "user": args.user,
     }
     if cwd is not None:
         keywords["cwd"] = cwd
@@ -206,6 +213,9 @@ def build_spec(**options: Any) -> Resolved:
         notes.append(_not_isolated(options))
     if options.get("cgroup") is not None:
         notes += _use_named_group(options)
+    if isinstance(options.get("image"), str):
+        options["image"], image_notes = image_root(options["image"])
+        notes += image_notes
     spec = ContainerSpec.build(**options)
     if spec.privileged:
         notes.append("PRIVILEGED container: root inside keeps every capability (it can "
@@ -222,6 +232,26 @@ def build_spec(**options: Any) -> Resolved:
     return Resolved(spec, notes)
 
 
+def image_root(reference: str, progress: Any = None) -> tuple[ImageRoot, list[str]]:
+    """What a container takes from an image (pulled first if the store lacks it): its
+    layers and config; and notes (what unpacking skipped, another platform)."""
+    from nsmagic import images
+
+    try:
+        try:
+            image = images.get(reference)
+        except images.ImageError:
+            image = images.pull(reference, progress)  # (also repairs a damaged one)
+        config = image.config
+        layers = tuple(image.layer_dirs())
+    except images.ImageError as error:
+        raise SpecError(f"--image {reference}: {error}") from None
+    root = ImageRoot(name=image.name, layers=layers,
+                     userxattr=image.userxattr, env=config.environment,
+                     working_dir=config.working_dir, user=config.user)
+    return root, list(image.notes)
+
+
 def _not_isolated(options: dict[str, Any]) -> str:
     """The honest fallback where nothing can be isolated (a hosted notebook without user
     namespaces): a plain child process, said so on every run; isolation that was asked for
@@ -231,6 +261,7 @@ def _not_isolated(options: dict[str, Any]) -> str:
         ("--net", options.get("net") not in (None, "host", "none")),
         ("--read-only", options.get("read_only")), ("--overlay", options.get("overlay")),
         ("--rootfs", options.get("rootfs")), ("--volume", options.get("volumes")),
+        ("--image", options.get("image")),
         ("--userns", options.get("userns")),
     ) if wanted]
     if asked:

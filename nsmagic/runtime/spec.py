@@ -13,6 +13,7 @@ from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import SpecError
 from nsmagic.isolation.mounts import MountOptions, Volume
 from nsmagic.isolation.namespaces import NAMESPACE_FLAGS
+from nsmagic.isolation.users import parse as parse_user
 
 # Docker's default set of namespaces, plus cgroup; user is decided by who runs the kernel.
 DEFAULT_NAMESPACES = frozenset({"pid", "uts", "ipc", "net", "mount", "cgroup"})
@@ -46,21 +47,38 @@ def validate_name(name: str, what: str = "container name") -> str:
     return name
 
 
-def container_environment(spec: ContainerSpec, extra: dict[str, str] | None = None
-                          ) -> dict[str, str]:
+def container_environment(spec: ContainerSpec, extra: dict[str, str] | None = None,
+                          image_env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment a container starts with, as Docker's: PATH (the notebook's Python
     environment first), HOSTNAME, HOME, TERM and LANG where the host sets them, and the
-    --env variables; never the rest of the notebook's environment (its secrets included)."""
+    --env variables; never the rest of the notebook's environment (its secrets included).
+    In an image: the image's Env instead of PATH, TERM and LANG."""
     python_bin = os.path.dirname(sys.executable)
     path = DOCKER_PATH if python_bin in DOCKER_PATH.split(":") else f"{python_bin}:{DOCKER_PATH}"
     isolated = "user" in spec.namespaces or "mount" in spec.namespaces
-    env = {"PATH": path,
+    env = {"PATH": DOCKER_PATH if image_env is not None else path,
            "HOSTNAME": spec.effective_hostname if "uts" in spec.namespaces
            else socket.gethostname(),
            "HOME": "/root" if isolated else os.environ.get("HOME", "/")}
-    env.update({k: os.environ[k] for k in ("TERM", "LANG") if k in os.environ})
+    if image_env is None:
+        env.update({k: os.environ[k] for k in ("TERM", "LANG") if k in os.environ})
+    else:
+        env.update(image_env)
     env.update(extra or {})
     return env
+
+
+@dataclass(frozen=True)
+class ImageRoot:
+    """What a spec takes from an image (resolved by the options layer): its name, its
+    unpacked layers (lowest first) and its config's Env, WorkingDir and User."""
+
+    name: str
+    layers: tuple[str, ...]
+    userxattr: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    working_dir: str = ""
+    user: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,10 @@ class ContainerSpec:
     overlay: bool = False  # the private writable layer, which every root has by default
     rootfs: str | None = None
     host_root: bool = False  # the host's root as it is, read-write (loudly)
+    image: str | None = None  # the image's name (its layers below are the root)
+    image_layers: tuple[str, ...] = ()  # unpacked layer directories, lowest first
+    image_userxattr: bool = False  # the layers keep overlayfs attributes in user.* xattrs
+    user: str | None = None  # NAME[:GROUP] or UID[:GID] the payload runs as (an image's)
     volumes: tuple[Volume, ...] = ()
     # Who root inside is on the host (user namespace only): the caller itself when it is not
     # root; as root None, and the fork server gives the container a range of its own.
@@ -92,8 +114,10 @@ class ContainerSpec:
 
     def mount_options(self) -> MountOptions:
         """The mount namespace's shape, for the isolation layer."""
-        root = "host" if self.host_root else (self.rootfs or "view")
-        return MountOptions(root=root, read_only=self.read_only, proc=self.mount_proc,
+        root = "host" if self.host_root else ("image" if self.image else self.rootfs or "view")
+        return MountOptions(root=root, layers=self.image_layers,
+                            userxattr=self.image_userxattr, read_only=self.read_only,
+                            proc=self.mount_proc,
                             private_tmp=self.private_tmp, volumes=self.volumes,
                             own_network="net" in self.namespaces,
                             ipc_namespace="ipc" in self.namespaces)
@@ -122,6 +146,8 @@ class ContainerSpec:
         privileged: bool = False,
         host_root: bool = False,
         seccomp: bool = True,
+        image: ImageRoot | None = None,
+        user: str | None = None,
         is_root: bool | None = None,
     ) -> ContainerSpec:
         """Validate options into a spec; userns=None means 'only when not root'."""
@@ -180,6 +206,13 @@ class ContainerSpec:
         if host_root and (read_only or overlay or rootfs):
             raise SpecError("--host-root shows the host's own root, read-write: it takes no "
                             "--read-only, --overlay or --rootfs.")
+        if image is not None and (rootfs or host_root):
+            raise SpecError("--image gives the container its root: it takes no --rootfs or "
+                            "--host-root.")
+        if image is not None and "mount" not in chosen:
+            raise SpecError("--image needs a private mount namespace: drop --no-mount.")
+        if user is not None:
+            parse_user(user)
         if rootfs is not None:
             rootfs = os.path.abspath(rootfs)
             if not os.path.isdir(rootfs):
@@ -203,8 +236,13 @@ class ContainerSpec:
             rootfs=rootfs,
             host_root=host_root or "mount" not in chosen,
             volumes=volume_list,
+            user=user if user is not None else (image.user or None if image else None),
         )
-        spec = replace(spec, env=container_environment(spec, env))
+        if image is not None:
+            spec = replace(spec, image=image.name, image_layers=tuple(image.layers),
+                           image_userxattr=image.userxattr,
+                           cwd=cwd or image.working_dir or "/")
+        spec = replace(spec, env=container_environment(spec, env, image.env if image else None))
         if userns:
             spec = replace(spec, uid_outside=None if is_root else os.geteuid(),
                            gid_outside=None if is_root else os.getegid())
@@ -226,6 +264,7 @@ class ContainerSpec:
         data["namespaces"] = frozenset(data["namespaces"])
         data["limits"] = Limits(**data["limits"])
         data["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
+        data["image_layers"] = tuple(data.get("image_layers", ()))
         return cls(**data)
 
 
@@ -271,8 +310,9 @@ def parse_volume(text: str) -> Volume:
 class Payload:
     """What runs inside: Python source, a shell script, or an agent serving many cells."""
 
-    kind: str  # "python", "shell" or "agent"
+    kind: str  # "python", "shell", "command" or "agent"
     source: str = ""
+    argv: tuple[str, ...] = ()  # kind "command": the program and its arguments
     filename: str = "<container>"
     first_line: int = 1  # line number of source's first line, so tracebacks match the cell
     shell: str = "/bin/sh"
@@ -280,11 +320,13 @@ class Payload:
     outputs: tuple[str, ...] = ()  # variables sent back on the data socket afterwards
 
     def __post_init__(self) -> None:
-        if self.kind not in ("python", "shell", "agent"):
-            raise SpecError(f"payload kind must be 'python', 'shell' or 'agent', not "
-                            f"{self.kind!r}.")
-        if self.kind == "shell" and (self.inputs or self.outputs):
+        if self.kind not in ("python", "shell", "command", "agent"):
+            raise SpecError(f"payload kind must be 'python', 'shell', 'command' or 'agent', "
+                            f"not {self.kind!r}.")
+        if self.kind in ("shell", "command") and (self.inputs or self.outputs):
             raise SpecError("--in and --out move Python variables: they need a Python cell.")
+        if self.kind == "command" and not self.argv:
+            raise SpecError("a command payload needs the program to run.")
 
     def to_wire(self) -> dict[str, Any]:
         """JSON-safe form sent to the launcher."""
@@ -293,4 +335,5 @@ class Payload:
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Payload:
         """Inverse of to_wire."""
-        return cls(**{**data, "outputs": tuple(data.get("outputs", ()))})
+        return cls(**{**data, "outputs": tuple(data.get("outputs", ())),
+                      "argv": tuple(data.get("argv", ()))})

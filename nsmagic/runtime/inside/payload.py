@@ -1,68 +1,75 @@
-"""Runs the user's code as the container's main process: Python source or a shell script."""
+"""The container's main process, last steps: take the container's identity and drop what it
+must not keep (session keyring, user, capabilities, no_new_privs, seccomp), then become the
+payload: a shell script, a command, or Python (this interpreter, or an image's own)."""
 
 from __future__ import annotations
 
-import ast
-import io
+import errno
 import json
-import linecache
 import os
-import pickle
+import shutil
 import signal
 import socket
-import sys
-import traceback
 
-from nsmagic.isolation import capabilities, keyring, seccomp
-from nsmagic.runtime import protocol, transfer
-from nsmagic.runtime.protocol import Event
+from nsmagic.isolation import capabilities, keyring, seccomp, users
+from nsmagic.isolation.mounts import IMAGE_LIBRARY
+from nsmagic.runtime.inside import python_runner
 from nsmagic.runtime.spec import ContainerSpec, Payload
-
-
-def _fresh_stdio() -> None:
-    # Unbuffered text streams on fds 1 and 2, so each print reaches the notebook as it happens.
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=False,
-                                  line_buffering=True, errors="backslashreplace")
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=False,
-                                  line_buffering=True, errors="backslashreplace")
-    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
-    sys.__stdout__, sys.__stderr__, sys.__stdin__ = sys.stdout, sys.stderr, sys.stdin
 
 
 def run_payload(payload: Payload, spec: ContainerSpec, events_fd: int,
                 data: socket.socket | None = None) -> int:
-    """Execute the payload in this (already isolated) process; return its exit code."""
+    """Become the payload in this (already isolated) process; return its exit code."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD,
                    signal.SIGPIPE, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     _set_environment(spec.env)
+    python = _image_python(spec) if spec.image and payload.kind in ("python", "agent") else None
+    request = _request_for_image(payload) if python else None
+    # The last steps before the user's code, in this order: a session keyring of its own
+    # (keyctl is refused from then on), the image's user, Docker's capabilities and
+    # no_new_privs, then the seccomp filter (which needs no_new_privs).
+    keyring.join_fresh_session_keyring()
+    if spec.user:
+        try:
+            users.become(spec.user)
+        except OSError as error:
+            detail = ("that id is not mapped in this container's user namespace (without "
+                      "subordinate ids only root is)" if error.errno == errno.EINVAL
+                      else error.strerror or str(error))
+            os.write(2, f"nsmagic: cannot run as user {spec.user}: {detail}\n".encode())
+            return 126
     try:
         os.chdir(spec.cwd)
     except OSError:
         os.chdir("/")
-    # The last steps before the user's code, in this order: a session keyring of its own
-    # (keyctl is refused from then on), Docker's capabilities and no_new_privs, then the
-    # seccomp filter (which needs no_new_privs).
-    keyring.join_fresh_session_keyring()
     if not spec.privileged:
         capabilities.restrict_to()
     if spec.seccomp and seccomp.available():  # (else the READY event said why not)
         seccomp.install()
     if payload.kind == "shell":
         os.execve(payload.shell, [payload.shell, "-c", payload.source], spec.env)
-    _fresh_stdio()
-    if payload.kind == "agent":
-        return _serve_agent(data)
-    namespace = _fresh_namespace()
-    if payload.inputs and data is not None:
-        namespace.update(transfer.unpack_trusted(pickle.loads(protocol.receive_frame(data))))
-    outcome = _run_python(payload.source, payload.filename, payload.first_line, namespace)
-    if outcome.exception is not None:
-        _report_exception(outcome.exception, events_fd)
-    if payload.outputs and data is not None:
-        _send_outputs(data, namespace, payload.outputs, outcome.exception is None)
-    return outcome.exit_code
+    if payload.kind == "command":
+        return _execute(payload.argv, spec.env)
+    if python is not None:
+        for fd in (events_fd, data.fileno(), request):
+            os.set_inheritable(fd, True)
+        os.execve(python, [python, "-I", "-S", "-c", python_runner.BOOT, IMAGE_LIBRARY,
+                           str(events_fd), str(data.fileno()), str(request)], spec.env)
+    return python_runner.run(payload.to_wire(), events_fd, data)
+
+
+def _execute(argv: tuple[str, ...], env: dict[str, str]) -> int:
+    """Become the program (found on the container's PATH); if that fails, say so and exit
+    as a shell does: 127 when there is no such program, 126 when it cannot run."""
+    try:
+        os.execvpe(argv[0], list(argv), env)
+    except FileNotFoundError:
+        os.write(2, f"nsmagic: {argv[0]}: command not found\n".encode())
+        return 127
+    except OSError as error:
+        os.write(2, f"nsmagic: {argv[0]}: {error.strerror}\n".encode())
+        return 126
 
 
 def _set_environment(env: dict[str, str]) -> None:
@@ -73,113 +80,18 @@ def _set_environment(env: dict[str, str]) -> None:
             os.environ[key] = value
 
 
-def _fresh_namespace() -> dict:
-    return {"__name__": "__main__", "__builtins__": __builtins__}
+def _image_python(spec: ContainerSpec) -> str:
+    """The image's own python3, found on the image's PATH."""
+    found = shutil.which("python3", path=spec.env.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
+    if found is None:
+        raise FileNotFoundError(f"the image {spec.image} has no python3 on its PATH: run a "
+                                "shell cell instead (%%container bash --image ...)")
+    return found
 
 
-class _Outcome:
-    def __init__(self, exit_code: int, exception: BaseException | None = None) -> None:
-        self.exit_code = exit_code
-        self.exception = exception
-
-
-def _run_python(source: str, filename: str, first_line: int, namespace: dict) -> _Outcome:
-    # Registering the source lets tracebacks print the offending lines, as in a normal cell.
-    lines = source.splitlines(keepends=True)
-    linecache.cache[filename] = (len(source), None, ["\n"] * (first_line - 1) + lines,
-                                 filename)
-    try:
-        tree = ast.parse(source, filename)
-        ast.increment_lineno(tree, first_line - 1)
-        code = compile(tree, filename, "exec")
-        exec(code, namespace)
-    except SystemExit as exit_request:
-        return _Outcome(_exit_code(exit_request.code))
-    except BaseException as error:  # noqa: BLE001 - every failure is reported
-        return _Outcome(1, error)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    return _Outcome(0)
-
-
-def _send_outputs(data: socket.socket, namespace: dict, names: tuple[str, ...],
-                  ran_to_end: bool) -> None:
-    """Pickle the requested variables back; a missing or unpicklable one is named."""
-    packed, errors = {}, {}
-    for name in names:
-        if name not in namespace:
-            errors[name] = (f"variable {name!r} does not exist in the container"
-                            + ("" if ran_to_end else " (the cell failed before setting it)"))
-            continue
-        try:
-            packed.update(transfer.pack({name: namespace[name]}))
-        except transfer.TransferError as error:
-            errors[name] = str(error).replace("into the container", "out of the container")
-    protocol.send_frame(data, json.dumps({"errors": errors}).encode())
-    protocol.send_frame(data, pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def _serve_agent(data: socket.socket) -> int:
-    """A long-lived container's main process: run each cell sent to it in one namespace, so
-    variables, imports and open sockets live on from cell to cell."""
-    namespace = _fresh_namespace()
-    while True:
-        try:
-            frame = protocol.receive_frame(data)
-        except KeyboardInterrupt:
-            continue  # an interrupt that arrived between cells
-        if frame is None:
-            return 0
-        request = pickle.loads(frame)
-        try:
-            if request.get("inputs"):
-                namespace.update(transfer.unpack_trusted(request["inputs"]))
-            if request.get("kind") == "shell":
-                outcome = _run_shell(request["source"])
-            else:
-                outcome = _run_python(request["source"], request["filename"],
-                                      request["first_line"], namespace)
-        except KeyboardInterrupt as error:
-            outcome = _Outcome(1, error)
-        reply = {"exit_code": outcome.exit_code, "exception": None}
-        if outcome.exception is not None:
-            reply["exception"] = _describe_exception(outcome.exception)
-        protocol.send_frame(data, json.dumps(reply).encode())
-        _send_outputs(data, namespace, tuple(request.get("outputs") or ()),
-                      outcome.exception is None)
-
-
-def _run_shell(script: str) -> _Outcome:
-    import subprocess
-
-    sys.stdout.flush()
-    completed = subprocess.run(["/bin/sh", "-c", script], check=False)
-    code = completed.returncode
-    return _Outcome(code if code >= 0 else 128 - code)
-
-
-def _exit_code(code: object) -> int:
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
-    return 1
-
-
-def _describe_exception(error: BaseException) -> dict:
-    tb = error.__traceback__
-    # Drop our own frame so the traceback starts in the user's code, like a normal cell.
-    if tb is not None and tb.tb_frame.f_code is _run_python.__code__:
-        tb = tb.tb_next
-    formatted = traceback.format_exception(type(error), error, tb)
-    return {"type": type(error).__name__, "message": str(error), "traceback": formatted[-200:]}
-
-
-def _report_exception(error: BaseException, events_fd: int) -> None:
-    message = {"event": Event.EXCEPTION, **_describe_exception(error)}
-    try:
-        protocol.send(events_fd, message)
-    except (OSError, ValueError):
-        sys.stderr.write("".join(message["traceback"]))
+def _request_for_image(payload: Payload) -> int:
+    """The payload's wire form in a memory file, for the image's python3 to read."""
+    fd = os.memfd_create("nsmagic-request", os.MFD_CLOEXEC)
+    os.write(fd, json.dumps(payload.to_wire()).encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
