@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from nsmagic.magics.cgroup import CgroupMagics
@@ -14,6 +15,7 @@ from nsmagic.runtime.launcher import close_default_launcher
 # %config <ClassName>.<option> works for all of them.
 MAGIC_CLASSES: list[type] = [ContainerMagics, CgroupMagics, DashboardMagics, VMMagics]
 _loaded: dict[int, list[Any]] = {}
+_completion_removers: dict[int, Callable[[], None]] = {}
 
 
 def load(ipython: Any) -> None:
@@ -24,10 +26,15 @@ def load(ipython: Any) -> None:
     for magics in instances:
         ipython.register_magics(magics)
     _loaded[id(ipython)] = instances
+    from nsmagic.magics.completion import install
+
+    # Tab completes our options, subcommands and names instead of Python's builtins.
+    _completion_removers[id(ipython)] = install(ipython)
 
 
 def unload(ipython: Any) -> None:
     """Remove our magics and stop our helper processes; IPython has no public unregister."""
+    _completion_removers.pop(id(ipython), lambda: None)()
     for magics in _loaded.pop(id(ipython), []):
         # Each magics class may own kernel resources (cgroups, threads): give them back.
         getattr(magics, "close", lambda: None)()

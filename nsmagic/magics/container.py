@@ -31,6 +31,8 @@ from nsmagic.runtime.options import CONTAINER_OPTIONS, build_spec, keywords_from
 from nsmagic.runtime.spec import ContainerSpec, validate_name
 
 SHELLS = {"bash": "/bin/bash", "sh": "/bin/sh"}
+CONTAINER_SUBCOMMANDS = ("start", "ls", "logs", "stats", "wait", "stop", "rm", "prune",
+                         "export", "dashboard")
 
 
 class ContainerError(Exception):
@@ -315,14 +317,13 @@ class ContainerMagics(Magics):
             words = shlex.split(line)
         except ValueError as error:
             raise UsageError(f"%container: cannot read {line!r}: {error}.") from None
+        known = ", ".join(CONTAINER_SUBCOMMANDS[:-1]) + f" or {CONTAINER_SUBCOMMANDS[-1]}"
         if not words:
-            raise UsageError("%container needs a subcommand: start, ls, logs, stats, wait, "
-                             "stop, rm, prune, export or dashboard (see %container?).")
+            raise UsageError(f"%container needs a subcommand: {known} (see %container?).")
         command, rest = words[0], words[1:]
         handler = getattr(self, f"_container_{command}", None)
-        if handler is None:
-            raise UsageError(f"%container does not know {command!r}: use start, ls, logs, "
-                             "stats, wait, stop, rm, prune, export or dashboard.")
+        if command not in CONTAINER_SUBCOMMANDS or handler is None:
+            raise UsageError(f"%container does not know {command!r}: use {known}.")
         try:
             return handler(rest, line.split(None, 1)[1] if len(words) > 1 else "")
         except SpecError as error:
