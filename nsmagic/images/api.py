@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from nsmagic.errors import SpecError
-from nsmagic.images import archive, files, layout, leases
+from nsmagic.images import archive, files, layout, leases, writable
 from nsmagic.images import config as image_config
 from nsmagic.images import platform as platforms
 from nsmagic.images.errors import ImageError
@@ -316,7 +316,8 @@ def prune(store: Store | str | None = None) -> list[str]:
     if not os.path.isdir(store.root):
         return []
     with store.collecting():
-        return _collect(store)
+        return _collect(store) + [f"writable layer {path} (its container has ended)"
+                                  for path in writable.stale(store)]
 
 
 def lease(image: Image | str, store: Store | str | None = None) -> leases.Lease:

@@ -51,6 +51,7 @@ class MountOptions:
     root: str = "view"  # "view", "image", "host" (the host's root as it is), or a directory
     layers: tuple[str, ...] = ()  # root "image": its unpacked layers, lowest first
     userxattr: bool = False  # the layers keep overlayfs's attributes in user.* xattrs
+    upper: str | None = None  # root "image": the writable layer's directory on disk
     read_only: bool = False  # no writable layer: the root and all under it read-only
     proc: bool = True  # a fresh /proc for the container's pid namespace
     private_tmp: bool = True  # an empty tmpfs on /tmp
@@ -138,6 +139,9 @@ def _build_root(options: MountOptions) -> tuple[str, _Layers]:
         # cover where they are (a store under /tmp).
         held_layers = [os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                        for d in options.layers]
+        held_upper = [os.open(os.path.join(options.upper, d),
+                              os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                      for d in ("upper", "work")] if options.upper else []
         library = os.open(view.package_directory(), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     elif options.root != "view":
         rootfs = os.path.realpath(options.root)
@@ -172,7 +176,8 @@ def _build_root(options: MountOptions) -> tuple[str, _Layers]:
     elif options.root == "image":
         try:
             layers.stack([f"/proc/self/fd/{fd}" for fd in held_layers], root, options.read_only,
-                         options.userxattr)
+                         options.userxattr,
+                         tuple(f"/proc/self/fd/{fd}" for fd in held_upper) or None)
             for point in ("proc", "dev", "sys", "tmp"):
                 mountops.ensure_directory(root + "/" + point, "a mount point")
             with step("showing nsmagic's package to the image's python3"):
@@ -180,7 +185,7 @@ def _build_root(options: MountOptions) -> tuple[str, _Layers]:
                 mountops.create_mount_point(target, is_directory=True)
                 mountops.bind(f"/proc/self/fd/{library}", target, read_only=True)
         finally:
-            for fd in (*held_layers, library):
+            for fd in (*held_layers, *held_upper, library):
                 os.close(fd)
         _own_etc_files(root, etc.BOUND)
     else:
@@ -271,9 +276,11 @@ class _Layers:
                                     "is read-only (writes there fail with EROFS)")
             mountops.bind(lower, target, read_only=True)
 
-    def stack(self, lowers: list[str], target: str, read_only: bool, userxattr: bool) -> None:
+    def stack(self, lowers: list[str], target: str, read_only: bool, userxattr: bool,
+              upper: tuple[str, str] | None = None) -> None:
         """An image's layers (lowest first) as one overlay at target, with a private writable
-        layer on top (none when read_only)."""
+        layer on top (none when read_only): upper (its upper and work directories on disk,
+        where diff and commit read it) or one on the staging tmpfs."""
         extra = self.extra or (",userxattr" if userxattr else "")
         # overlayfs lists its lower layers from the top down.
         lowerdir = ":".join(reversed(lowers))
@@ -283,10 +290,12 @@ class _Layers:
                 return
             options = f"lowerdir={lowerdir}" + extra
             if not read_only:
-                layer = f"{self.base}/image"
-                os.makedirs(f"{layer}/upper")
-                os.mkdir(f"{layer}/work")
-                options += f",upperdir={layer}/upper,workdir={layer}/work"
+                if upper is None:
+                    layer = f"{self.base}/image"
+                    os.makedirs(f"{layer}/upper")
+                    os.mkdir(f"{layer}/work")
+                    upper = (f"{layer}/upper", f"{layer}/work")
+                options += f",upperdir={upper[0]},workdir={upper[1]}"
             try:
                 syscalls.mount("overlay", target, "overlay",
                                syscalls.MS_NOSUID | syscalls.MS_NODEV

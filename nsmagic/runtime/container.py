@@ -13,7 +13,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nsmagic.cgroups.limits import format_size
@@ -139,6 +139,8 @@ class Container:
         self._kept = {"stdout": 0, "stderr": 0}
         self._malformed_noted = False
         self._lease: Any = None
+        self.writable_layer: Any = None  # an image container's (images.WritableLayer)
+        self.keep_writable_layer = False  # a build commits it after the container ended
         self.result = ContainerResult(warnings=list(notes))
         self._started_at = 0.0
 
@@ -164,6 +166,10 @@ class Container:
         if self.spec.image and self._lease is None:
             # Held while the container lives: the image's layers are its root.
             self._lease = images_lease(self.spec.image)
+            if not self.spec.read_only:
+                # Its writable layer on disk, where diff, commit and a build read it.
+                self.writable_layer = new_writable_layer(self.spec.container_id)
+                self.spec = replace(self.spec, image_upper=self.writable_layer.path)
         launcher = self._launcher or default_launcher()
         supervisor_theirs = events_theirs = data_theirs = None
         stdout_write = stderr_write = None
@@ -386,6 +392,9 @@ class Container:
         if self._lease is not None:
             self._lease.close()
             self._lease = None
+        if self.writable_layer is not None and not self.keep_writable_layer:
+            self.writable_layer.remove()
+            self.writable_layer = None
         for fd in (self._pidfd, self._share_network_with):
             if fd is not None:
                 os.close(fd)
@@ -576,6 +585,14 @@ def images_lease(reference: str) -> Any:
     from nsmagic import images
 
     return images.lease(reference).open()
+
+
+def new_writable_layer(container_id: str) -> Any:
+    """A writable layer for an image container, in the image store."""
+    from nsmagic.images.store import Store
+    from nsmagic.images.writable import WritableLayer
+
+    return WritableLayer.create(Store(), container_id)
 
 
 def _remove_orphaned_cgroup(name: str, result: ContainerResult) -> None:

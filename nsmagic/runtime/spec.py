@@ -99,6 +99,7 @@ class ContainerSpec:
     image: str | None = None  # the image's name (its layers below are the root)
     image_layers: tuple[str, ...] = ()  # unpacked layer directories, lowest first
     image_userxattr: bool = False  # the layers keep overlayfs attributes in user.* xattrs
+    image_upper: str | None = None  # the writable layer's directory (upper/, work/) on disk
     user: str | None = None  # NAME[:GROUP] or UID[:GID] the payload runs as (an image's)
     volumes: tuple[Volume, ...] = ()
     # Who root inside is on the host (user namespace only): the caller itself when it is not
@@ -116,7 +117,8 @@ class ContainerSpec:
         """The mount namespace's shape, for the isolation layer."""
         root = "host" if self.host_root else ("image" if self.image else self.rootfs or "view")
         return MountOptions(root=root, layers=self.image_layers,
-                            userxattr=self.image_userxattr, read_only=self.read_only,
+                            userxattr=self.image_userxattr, upper=self.image_upper,
+                            read_only=self.read_only,
                             proc=self.mount_proc,
                             private_tmp=self.private_tmp, volumes=self.volumes,
                             own_network="net" in self.namespaces,

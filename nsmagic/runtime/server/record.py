@@ -148,6 +148,7 @@ class SupervisedContainer:
                 step("writing the user namespace id maps")
                 self.ids = idmaps.for_container(os.getpid(), self.spec.container_id)
                 self.ids.write(child)
+                self._give_writable_layer_to(self.ids)
                 say(sync, Word.OK)
                 step("setting up the container")
                 word, detail = expect(sync, Word.PID, Word.READY, step=step.name)
@@ -167,6 +168,14 @@ class SupervisedContainer:
         # The notebook learns pid 1 and the cgroup before the payload can print.
         self._announce(warm=False)
         say(sync, Word.RUN)
+
+    def _give_writable_layer_to(self, ids: idmaps.IdMapping) -> None:
+        # An image's writable layer on disk is written by root inside, whom the map made
+        # another host uid (as root: the container's own range).
+        if self.spec.image_upper and os.geteuid() == 0:
+            for part in ("upper", "work"):
+                os.chown(os.path.join(self.spec.image_upper, part), ids.root_outside,
+                         ids.gids[0].outside)
 
     def _track(self, pid: int) -> None:
         self.init_pid = pid
