@@ -1,6 +1,7 @@
 """`python -m nsmagic COMMAND` (or the `nsmagic` console script): the API outside notebooks.
 
 Commands: `doctor` (what this host allows, and why not), `bench` (start-up benchmarks),
+`pull`, `images`, `rmi`, `image-prune`, `push`, `save` (images: nsmagic/images/cli.py),
 `run` (a command in a container, its output, exit status and signals passed through),
 `export` (an OCI runtime bundle for the same options), `ls`, `stats` and `prune` (nsmagic's
 cgroups and bridges as the whole machine shows them). Each command is a
@@ -115,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "bridges whose owner is dead), then every other nsmagic group on the "
                     "machine whose owner is dead and that holds no process.")
     prune.set_defaults(handler=_cmd_prune)
+
+    from nsmagic.images import cli as image_commands
+
+    image_commands.add_commands(commands)  # pull, images, rmi, image-prune, push, save
     return parser
 
 
@@ -443,5 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.error("choose a command: doctor, bench, run, export, ls, stats or prune")
+        parser.error("choose a command: doctor, bench, run, export, ls, stats, prune, pull, "
+                     "images, rmi, image-prune, push or save")
+    if hasattr(args, "run"):  # an image command
+        return args.run(args, sys.stdout)
     return args.handler(args)
