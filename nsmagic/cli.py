@@ -451,5 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("choose a command: doctor, bench, run, export, ls, stats, prune, pull, "
                      "images, rmi, image-prune, push or save")
     if hasattr(args, "run"):  # an image command
-        return args.run(args, sys.stdout)
+        from nsmagic.images import cli as image_commands
+
+        return image_commands.run(args)
     return args.handler(args)

@@ -140,7 +140,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nsmagic.images",
                                      description="nsmagic's image commands")
     add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    return run(parser.parse_args(argv), out)
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Run a parsed image command: its exit status; an error is one line on stderr."""
     try:
         return args.run(args, out or sys.stdout)
     except NsmagicError as error:
