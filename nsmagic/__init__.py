@@ -9,6 +9,7 @@ from typing import Any
 # too, and every module it holds is memory that each container's processes map and copy.
 _EXPORTS = {
     "stats": "nsmagic.stats",
+    "images": "nsmagic.images",
     "Limits": "nsmagic.cgroups.limits",
     "CapabilityError": "nsmagic.errors",
     "ContainerSetupError": "nsmagic.errors",
@@ -22,7 +23,7 @@ _EXPORTS = {
 
 __version__ = "0.1.0"
 __all__ = ["CapabilityError", "Container", "ContainerResult", "ContainerSetupError",
-           "ContainerSpec", "Limits", "NsmagicError", "SpecError", "run", "stats",
+           "ContainerSpec", "Limits", "NsmagicError", "SpecError", "images", "run", "stats",
            "load_ipython_extension", "unload_ipython_extension"]
 
 
