@@ -71,9 +71,10 @@ class ContainerMagics(Magics):
     cpus = Unicode(None, allow_none=True, help="default --cpus, e.g. '0.5'").tag(config=True)
     pids = Unicode(None, allow_none=True, help="default --pids, e.g. '256'").tag(config=True)
 
-    @magic_arguments()
-    @argument("command", nargs="*",
-              help="'bash' or 'sh' runs the cell as a shell script; nothing runs Python")
+    @magic_arguments("%container")
+    @argument("command", nargs="*", metavar="NAME bash|sh",
+              help="NAME runs the cell in that named container (see above); 'bash' or 'sh' "
+                   "runs the cell as a shell script; nothing runs Python in a new container")
     @argument("--shell", action="store_true", help="run the cell as a /bin/sh script")
     @_container_arguments
     @argument("--cgroup", metavar="NAME",
@@ -85,8 +86,10 @@ class ContainerMagics(Magics):
     @argument("--plot", action="store_true",
               help="live CPU/memory plot of this container under the cell while it runs")
     @argument("--bg", action="store_true",
-              help="return at once; output goes to the container's log and this cell")
-    @argument("--name", help="name of a --bg run, for %%container logs/wait/stop")
+              help="return at once; output goes to the container's log and this cell "
+                   "(%%container wait NAME waits)")
+    @argument("--name", help="name of a new container's --bg run, for %%container "
+                             "logs/wait/stop")
     @argument("--timeout", help="kill the container after this many seconds (in a named "
                                 "container: interrupt the cell, kill it only if it will not "
                                 "stop)")
@@ -110,6 +113,28 @@ class ContainerMagics(Magics):
 
             %%container bash
             hostname; ps ax
+
+        In a named container, %%container NAME [bash|sh] runs the cell in the container
+        that %container start NAME started, in its one Python process: variables, imports
+        and open sockets live on from cell to cell::
+
+            %container start web --memory 128M --net bridge
+            %%container web --in data --out result
+            result = sum(data)
+
+        There a cell takes --in, --out, --shell, -o, -q, --no-raise and:
+
+          --bg       run the cell in the background in NAME: its output shows under the
+                     cell and in %container logs NAME, %container wait NAME waits for it,
+                     and NAME takes no other cell until then
+          --timeout  interrupt the cell after that many seconds; NAME is killed only if
+                     the cell will not stop (the error says which)
+          --plot     NAME's live CPU/memory plot under the cell while it runs
+
+        The container's own options (limits, namespaces, --net, filesystems, --env,
+        --hostname, --privileged, --security-opt, ..., --cgroup, --export-oci) were set by
+        %container start and are refused in its cells; --name names a new container's
+        --bg run. Ctrl-C interrupts the cell; NAME runs on unless the cell will not stop.
         """
         args = self._parse(self.container, line)
         name, kind, shell = _split_command(args.command, args.shell)
@@ -300,12 +325,15 @@ class ContainerMagics(Magics):
     def container_line(self, line: str) -> Any:
         """Manage long-lived containers.
 
-        %container start NAME [options]   start a named container (options as %%container)
+        %container start NAME [options]   start a named container: the container options
+                                          of %%container, -q, -o, --no-raise; then
+                                          %%container NAME runs cells in it
         %container ls                     name, state, pid, namespaces, limits, uptime,
                                           cpu, memory, address
         %container logs NAME [-f]         what it printed (-f: follow until it ends)
         %container stats NAME             its cgroup's usage
-        %container wait NAME [TIMEOUT]    block until it ends, show how
+        %container wait NAME [TIMEOUT]    block until it (a named container: its --bg
+                                          cell) ends, show how
         %container stop NAME              SIGTERM, then SIGKILL after 2 s
         %container rm [-f] NAME           forget it (-f: kill it first)
         %container prune                  remove ended containers and every leftover kernel

@@ -133,6 +133,7 @@ def test_unknown_nsmagic_subcommand(ipython_shell):
 def test_help_is_available(ipython_shell):
     doc = ipython_shell.find_cell_magic("container").__doc__
     assert "--memory" in doc and "--hostname" in doc and "--no-net" in doc
+    assert doc.lstrip(": \n").startswith("%%container [")  # the cell magic's own name
 
 
 def test_notes_are_plain_output_and_warnings_go_to_stderr(ipython_shell, capsys, tmp_path):

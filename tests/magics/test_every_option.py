@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -441,6 +442,19 @@ def test_every_option_is_checked_in_both_places():
     assert sorted(set(IN_A_NEW_CONTAINER) - every_flag()) == []
     assert set(IN_A_NAMED_CONTAINER) | {*FIXED_AT_START, "--name"} == every_flag()
     assert not set(IN_A_NAMED_CONTAINER) & {*FIXED_AT_START, "--name"}
+
+
+def test_the_help_documents_a_named_container_cell_and_the_options_it_takes(ipython_shell):
+    doc = ipython_shell.find_cell_magic("container").__doc__
+    named = doc[doc.index("In a named container"):doc.index("positional arguments")]
+    assert "%%container NAME [bash|sh]" in named and "%container start NAME" in named
+    parser = ContainerMagics.container.parser
+    for flag in set(IN_A_NAMED_CONTAINER) - {"NAME", "bash", "sh"}:
+        spellings = parser._option_string_actions[flag].option_strings
+        assert any(re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", named)
+                   for f in spellings), flag
+    # And the options it refuses, by what they are and where they go.
+    assert "refused in its cells" in named and "--cgroup, --export-oci" in named
 
 
 def _call(check: Callable, cells: Cells, request) -> None:  # noqa: ANN001
