@@ -5,7 +5,9 @@ exists only while something watches (`monitor.watch()`), and ends by itself when
 watch is closed: nothing is left behind when no dashboard or recording is open.
 
 Each tick (default 4 Hz, at most 10 Hz) it reads the counters of every running container in
-`nsmagic.runtime.registry.REGISTRY`:
+`nsmagic.runtime.registry.REGISTRY`. While nothing moves (no container uses a noticeable share
+of a core, no memory changes by a MiB, no event) for IDLE_AFTER_S, it ticks at IDLE_RATE_HZ
+only; the first sample that moves, and every start or exit, bring the full rate back.
 
 - containers with a cgroup (v1 or v2 driver): through the group's own
   `Cgroup.stats_reader()`, which keeps the handful of interface files it needs open and
@@ -44,6 +46,12 @@ MAX_RATE_HZ = 10.0
 MIN_RATE_HZ = 0.2
 KEEP_SECONDS = 600.0
 KEEP_EXITED = 50
+# Nothing moves: every running container used less than MOVING_CPU_PERCENT of a core and
+# changed its memory by less than MOVING_MEMORY_BYTES since the previous sample, and no event.
+IDLE_RATE_HZ = 1.0
+IDLE_AFTER_S = 5.0
+MOVING_CPU_PERCENT = 1.0
+MOVING_MEMORY_BYTES = 1 << 20
 # Limits change only when someone runs %cgroup set: the readers re-read them every this many
 # samples and repeat the last value in between.
 LIMIT_EVERY = 10
@@ -335,13 +343,18 @@ class Monitor:
     rate: samples per second (DEFAULT_RATE_HZ, clamped to MIN_RATE_HZ..MAX_RATE_HZ); a watch may
         ask for a higher one, the highest asked for wins while it is open.
     keep_seconds: how much history each container keeps (ring buffers).
+    idle_rate: samples per second once nothing has moved for IDLE_AFTER_S (None: never slow
+        down, for a steady rate).
     driver: the cgroup driver used to open groups (default: nsmagic.cgroups.detect_driver(),
         looked up once, in the sampler thread, on first need).
     """
 
     def __init__(self, rate: float = DEFAULT_RATE_HZ, keep_seconds: float = KEEP_SECONDS,
-                 registry: Registry | None = None, driver: Any = None) -> None:
+                 registry: Registry | None = None, driver: Any = None,
+                 idle_rate: float | None = IDLE_RATE_HZ) -> None:
         self.base_rate = _clamp_rate(rate)
+        self.idle_rate = None if idle_rate is None else _clamp_rate(idle_rate)
+        self.last_motion = time.monotonic()  # when a sample last moved (see IDLE_AFTER_S)
         self.keep_seconds = float(keep_seconds)
         self.registry = registry if registry is not None else REGISTRY
         self._driver = driver
@@ -369,10 +382,23 @@ class Monitor:
             rates = [w.rate for w in self._watches if w.rate]
         return max([self.base_rate, *map(_clamp_rate, rates)])
 
+    @property
+    def idle(self) -> bool:
+        """True once nothing has moved for IDLE_AFTER_S (the sampler then slows down)."""
+        return time.monotonic() - self.last_motion >= IDLE_AFTER_S
+
+    def rate_in_force(self) -> float:
+        """The rate of the next tick: rate, or idle_rate while idle."""
+        rate = self.rate
+        if self.idle_rate is not None and self.idle:
+            return min(rate, self.idle_rate)
+        return rate
+
     def watch(self, listener: Callable[[Monitor], None] | None = None,
               rate: float | None = None) -> Watch:
         """Start sampling (the thread starts with the first watch); returns a Watch to close."""
         handle = Watch(self, listener, rate)
+        self.last_motion = time.monotonic()  # someone new looks: sample at the full rate
         with self._lock:
             self._watches.append(handle)
             if self._thread is None:
@@ -499,7 +525,7 @@ class Monitor:
                         listener(self)
                     except Exception:  # noqa: BLE001 - a broken plot must not stop sampling
                         pass
-                next_tick += 1.0 / self.rate
+                next_tick += 1.0 / self.rate_in_force()
                 now = time.monotonic()
                 if next_tick < now:  # fell behind (a slow tick): do not try to catch up
                     next_tick = now
@@ -544,6 +570,7 @@ class Monitor:
         maxlen = int(self.keep_seconds * MAX_RATE_HZ) + 1
         series = ContainerSeries(record, maxlen)
         series.add_event(record.started_at, "start", record.label)
+        self.last_motion = time.monotonic()
         with self._lock:
             self._series[record.container_id] = series
         return series
@@ -625,6 +652,8 @@ class Monitor:
             # Without a kernel peak (v2 before 5.19), the highest value we saw.
             tracker.peak_seen = max(tracker.peak_seen, counters.memory_current)
             peak = max(peak or 0, tracker.peak_seen)
+        if events or _moved(cpu, counters, previous):
+            self.last_motion = now
         with self._lock:
             if series.state == "exited":
                 return  # its exit was noted meanwhile: keep the series as it ended
@@ -649,6 +678,7 @@ class Monitor:
                 return  # the event and the sampler both noticed
             series.state = "exited"
             series.ended_at = record.ended_at or time.time()
+            self.last_motion = time.monotonic()
             series.outcome = record.outcome
             tracker = self._trackers.get(record.container_id)
             if record.oom and (tracker is None or tracker.oom_seen == 0):
@@ -674,6 +704,16 @@ class Monitor:
             ended = [k for k, s in self._series.items() if s.state == "exited"]
             for key in ended[:-KEEP_EXITED] if len(ended) > KEEP_EXITED else []:
                 del self._series[key]
+
+
+def _moved(cpu: float | None, counters: CgroupStats,
+           previous: tuple[float, CgroupStats] | None) -> bool:
+    """Whether a sample differs from the one before it by a noticeable amount."""
+    if previous is None or (cpu is not None and cpu >= MOVING_CPU_PERCENT):
+        return True
+    now, before = counters.memory_current, previous[1].memory_current
+    return (now is None) != (before is None) or (
+        now is not None and abs(now - before) >= MOVING_MEMORY_BYTES)
 
 
 def _clamp_rate(rate: float) -> float:

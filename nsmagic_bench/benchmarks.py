@@ -615,7 +615,7 @@ def sampler_cost(containers: int = SAMPLER_CONTAINERS, rate: float = SAMPLER_RAT
         options["launcher"] = launcher
     threads = [threading.Thread(target=nsmagic.run, args=(f"import time; time.sleep({hold})",),
                                 kwargs=options, daemon=True) for _ in range(containers)]
-    monitor = Monitor(rate=rate)
+    monitor = Monitor(rate=rate, idle_rate=None)  # the cost at a steady rate
     try:
         for thread in threads:
             thread.start()
@@ -669,6 +669,122 @@ def figure_sampler_cpu(ctx: Context) -> dict[str, Any]:
     }
 
 
+# The dashboard's kernel-side cost: a real kernel, `show_dashboard()` with its defaults and 3
+# containers; the benchmark then plays the page (what a browser sends when it shows the
+# widget: a view, then the heartbeat's steps) while the kernel is idle, and takes the CPU time
+# of the sampler and render threads over a fixed window after a warm-up.
+DASHBOARD_CONTAINERS = 3
+DASHBOARD_SECONDS, QUICK_DASHBOARD_SECONDS = 20.0, 6.0
+DASHBOARD_WARMUP_S = 4.0
+DASHBOARD_OPEN = """\
+import json, resource, threading, time
+import nsmagic
+from nsmagic.runtime.registry import REGISTRY
+from nsmagic.widgets import show_dashboard
+PAYLOAD = {payload!r}
+def _run(i):
+    nsmagic.run(PAYLOAD.format(phase=i / {containers}), cpus=0.5, memory="128M")
+_workers = [threading.Thread(target=_run, args=(i,), daemon=True) for i in range({containers})]
+for _w in _workers:
+    _w.start()
+_deadline = time.monotonic() + 30
+while len([r for r in REGISTRY.records() if r.state == "running"]) < {containers}:
+    assert time.monotonic() < _deadline, "the containers did not start"
+    time.sleep(0.05)
+_dash = show_dashboard()
+_beat = getattr(_dash, "beat", _dash.widget)
+def _cpu():
+    found = {{t.name: time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+             for t in threading.enumerate() if t.name in ("nsmagic-monitor", "nsmagic-dashboard")}}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return found, usage.ru_utime + usage.ru_stime, time.monotonic(), _dash.frames
+json.dump({{"heartbeat": _beat.model_id}}, open({out!r}, "w"))
+"""
+DASHBOARD_START = "_t0, _p0, _w0, _f0 = _cpu()"
+DASHBOARD_END = """\
+_t1, _p1, _w1, _f1 = _cpu()
+_dash.stop()
+for _w in _workers:
+    _w.join(60)
+json.dump({{"threads": {{k: _t1[k] - _t0[k] for k in _t1 if k in _t0}}, "wall_s": _w1 - _w0,
+           "process_cpu_s": _p1 - _p0, "frames": _f1 - _f0}}, open({out!r}, "w"))
+"""
+DASHBOARD_IDLE = "import time; time.sleep({hold})"
+# Each container alternates busy and sleeping halves of a 2 s cycle (phases shifted), and
+# grows and frees 24 MB: CPU and memory both move all the time.
+DASHBOARD_BUSY = """\
+import time
+time.sleep({{phase}} * 2)
+end, blocks = time.monotonic() + {hold}, []
+while time.monotonic() < end:
+    t = time.monotonic()
+    while time.monotonic() - t < 1.0:
+        pass
+    blocks = [bytearray(24_000_000)] if not blocks else []
+    time.sleep(1.0)
+"""
+
+
+def _play_the_page(session: KernelSession, model_id: str, seconds: float) -> None:
+    """Send what a page showing the widget sends: its view, then a heartbeat step a second."""
+    def update(state: dict[str, Any]) -> None:
+        session.client.shell_channel.send(session.client.session.msg("comm_msg", {
+            "comm_id": model_id, "data": {"method": "update", "state": state,
+                                          "buffer_paths": []}}))
+
+    update({"_view_count": 1})
+    deadline, step = time.monotonic() + seconds, 0
+    while time.monotonic() < deadline:
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        step += 1
+        update({"value": step})
+
+
+def dashboard_cost(ctx: Context, busy: bool) -> dict[str, Any]:
+    """A dashboard in a fresh kernel, shown by a played page; the CPU of its threads."""
+    seconds = QUICK_DASHBOARD_SECONDS if ctx.quick else DASHBOARD_SECONDS
+    hold = DASHBOARD_WARMUP_S + seconds + 5
+    payload = (DASHBOARD_BUSY if busy else DASHBOARD_IDLE).format(hold=hold)
+    session = _kernel(ctx)
+    with tempfile.TemporaryDirectory(prefix="nsmagic-bench-") as folder:
+        out = os.path.join(folder, "dashboard.json")
+        session.execute(DASHBOARD_OPEN.format(payload=payload, containers=DASHBOARD_CONTAINERS,
+                                              out=out))
+        with open(out) as handle:
+            model_id = json.load(handle)["heartbeat"]
+        _play_the_page(session, model_id, DASHBOARD_WARMUP_S)
+        session.execute(DASHBOARD_START)
+        _play_the_page(session, model_id, seconds)
+        session.execute(DASHBOARD_END.format(out=out), timeout=hold + 90)
+        with open(out) as handle:
+            measured = json.load(handle)
+    threads, wall = measured["threads"], measured["wall_s"]
+    share = sum(threads.values()) / wall * 100
+    kind = "changing" if busy else "idle (sleeping)"
+    return {
+        "value": share,
+        "detail": f"{DASHBOARD_CONTAINERS} {kind} containers under cpus=0.5, one page showing "
+                  f"it, {wall:.0f} s after a {DASHBOARD_WARMUP_S:g} s warm-up: "
+                  + ", ".join(f"{name} {cpu / wall * 100:.2f}%" for name, cpu in
+                              sorted(threads.items()))
+                  + f"; {measured['frames']} frames; the whole kernel process "
+                    f"{measured['process_cpu_s'] / wall * 100:.1f}%",
+        "details": {"containers": DASHBOARD_CONTAINERS, "busy": busy, **measured},
+    }
+
+
+@figure("dashboard_idle", f"kernel CPU of an open dashboard, {DASHBOARD_CONTAINERS} idle "
+                          "containers (sampler + render threads)", "monitor", "% of a core")
+def figure_dashboard_idle(ctx: Context) -> dict[str, Any]:
+    return dashboard_cost(ctx, busy=False)
+
+
+@figure("dashboard_busy", f"kernel CPU of an open dashboard, {DASHBOARD_CONTAINERS} changing "
+                          "containers (sampler + render threads)", "monitor", "% of a core")
+def figure_dashboard_busy(ctx: Context) -> dict[str, Any]:
+    return dashboard_cost(ctx, busy=True)
+
+
 # -- statistics ------------------------------------------------------------------------------
 def summarize(samples: list[float]) -> dict[str, float]:
     """Median, p10, p90, p25, p75, min and max of samples (at least one)."""
@@ -704,6 +820,8 @@ TARGETS: list[tuple[str, str, float]] = [
     ("exec into a running named container, median", "exec_named", 1.0),
     ("PSS per idle named container", "idle_pss", 3.0),
     ("stats sampler thread, CPU", "sampler_cpu", 1.0),
+    ("open dashboard, idle containers, kernel CPU", "dashboard_idle", 2.0),
+    ("open dashboard, changing containers, kernel CPU", "dashboard_busy", 5.0),
 ]
 
 
@@ -1014,7 +1132,7 @@ def format_table(report: dict[str, Any]) -> str:
     """The plain-text table printed by `nsmagic bench`."""
     lines = _header(report) + [""]
     rows = _rows(report)
-    width = max(len(r[0]) for r in rows)
+    width = max((len(r[0]) for r in rows), default=len("benchmark"))  # --only FIGURES
     lines.append(f"{'benchmark':<{width}}  {'median':>8}  {'p10-p90':>13}  {'n':>3}")
     for label, median, spread, n in rows:
         if spread:
@@ -1174,6 +1292,14 @@ def format_markdown(report: dict[str, Any]) -> str:
             f"{QUICK_SAMPLER_SECONDS:g} s with `--quick`): the sampler thread's CPU time "
             "(`time.thread_time()` inside it) over its wall time, as % of one core, first tick "
             "included.",
+            f"- Dashboard CPU: a fresh kernel opens `show_dashboard()` (its defaults) over "
+            f"{DASHBOARD_CONTAINERS} containers under `cpus=0.5` (sleeping, or alternating 1 s "
+            "busy and 1 s asleep while freeing and taking 24 MB); the benchmark then sends what "
+            "a page showing the widget sends (its view, a heartbeat step a second) while the "
+            "kernel is idle, and the figure is the CPU time of the `nsmagic-monitor` and "
+            "`nsmagic-dashboard` threads (`pthread_getcpuclockid`) over "
+            f"{DASHBOARD_SECONDS:g} s ({QUICK_DASHBOARD_SECONDS:g} s with `--quick`) after a "
+            f"{DASHBOARD_WARMUP_S:g} s warm-up, as % of one core.",
             "- Spread: p10-p90. Anchors that cannot run here are listed as missing, with why.",
             "", "## Where the anchors come from", "",
             "The benchmark installs nothing. On Debian 12:", "",

@@ -228,3 +228,67 @@ def test_a_snapshot_is_a_copy_that_later_samples_do_not_change(sampled_group):
     assert len(monitor.snapshot("sampled")) == 3
     assert monitor.snapshots(["no-such-container"]) == []
     assert [s.label for s in monitor.snapshots(["sampled"])] == ["sampled"]
+
+
+@pytest.fixture
+def sleeping():
+    """A monitor over one container (no cgroup: psutil) that sleeps."""
+    import subprocess
+
+    from nsmagic.cgroups.limits import Limits
+    from nsmagic.runtime.registry import ContainerRecord, Registry
+
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        registry = Registry()
+        registry.add(ContainerRecord("5ee9" * 8, "asleep", Limits(), frozenset()))
+        registry.started("5ee9" * 8, sleeper.pid, None, None)
+        yield Monitor(rate=MAX_RATE_HZ, registry=registry), sleeper
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_the_sampler_slows_down_while_nothing_moves(sleeping, monkeypatch):
+    import nsmagic.monitor as monitor_module
+
+    monitor, _ = sleeping
+    monkeypatch.setattr(monitor_module, "IDLE_AFTER_S", 0.3)
+    monitor.sample_once()  # a new container: something moved
+    assert not monitor.idle and monitor.rate_in_force() == MAX_RATE_HZ
+    time.sleep(0.2)
+    monitor.sample_once()
+    time.sleep(0.2)
+    monitor.sample_once()  # a sleeping container uses no CPU and no new memory
+    assert monitor.idle and monitor.rate_in_force() == monitor_module.IDLE_RATE_HZ
+    with monitor.watch():  # someone new looks: full rate at once
+        assert monitor.rate_in_force() == MAX_RATE_HZ
+
+
+def test_the_first_sample_that_moves_brings_the_full_rate_back(sleeping, monkeypatch):
+    import signal
+
+    import nsmagic.monitor as monitor_module
+
+    monitor, sleeper = sleeping
+    monkeypatch.setattr(monitor_module, "IDLE_AFTER_S", 0.1)
+    monitor.sample_once()
+    time.sleep(0.2)
+    monitor.sample_once()
+    assert monitor.idle
+    sleeper.send_signal(signal.SIGTERM)  # it exits: an event
+    assert wait_until(lambda: sleeper.poll() is not None, 5)
+    monitor.registry.exited("5ee9" * 8, "exit status 0", None)
+    monitor.sample_once()
+    assert not monitor.idle
+
+
+def test_a_steady_monitor_never_slows_down(sleeping, monkeypatch):
+    import nsmagic.monitor as monitor_module
+
+    _, _ = sleeping
+    monkeypatch.setattr(monitor_module, "IDLE_AFTER_S", 0.0)
+    steady = Monitor(rate=MAX_RATE_HZ, idle_rate=None, registry=sleeping[0].registry)
+    steady.sample_once()
+    steady.sample_once()
+    assert steady.idle and steady.rate_in_force() == MAX_RATE_HZ

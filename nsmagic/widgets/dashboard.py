@@ -20,6 +20,22 @@ Why a PNG in an `ipywidgets.Image`, drawn by a daemon thread
 The static picture goes into a placeholder output shown right under the widget (an output
 with a display_id), replaced through update_display, so it lands in the dashboard's own cell
 even when `stop()` is called from a later cell.
+
+What an open dashboard costs the kernel
+---------------------------------------
+A full frame costs about 100 ms of CPU, so drawing blindly at 2 frames a second costs a fifth
+of a core. The thread therefore draws only when all of these hold:
+
+- someone can see it (nsmagic.widgets.presence: a view exists and its page is alive; in a
+  shell without a kernel, never);
+- the monitor took a new sample (the thread sleeps until a tick wakes it, and the monitor
+  itself slows down while nothing moves);
+- the frame would look different from the last one (PlotRenderer.changed: a pixel or more);
+- the frame rate stays within fps and within a CPU budget (nsmagic.widgets.budget: the
+  thread times its own frames);
+
+and most frames that are drawn keep their axes and cost a tenth of a full one (see
+nsmagic.widgets.render). `nsmagic bench --only dashboard_idle,dashboard_busy` measures it.
 """
 
 from __future__ import annotations
@@ -34,12 +50,23 @@ from typing import Any
 
 from nsmagic.cgroups.limits import format_size
 from nsmagic.monitor import MONITOR, Monitor, SeriesSnapshot
+from nsmagic.widgets.budget import FrameBudget
+from nsmagic.widgets.presence import (
+    KernelActivity,
+    NoFrontEnd,
+    Presence,
+    heartbeat_widget,
+    kernel_shell,
+)
 from nsmagic.widgets.render import COLOURS, PlotRenderer
 
 DEFAULT_FPS = 2.0
 MAX_FPS = 4.0
 MIN_FPS = 0.2
 DEFAULT_WINDOW_S = 120.0
+# The thread wakes at least this often (the monitor's ticks wake it sooner) to see whether a
+# view went or the time axis must take a step.
+WAKE_EVERY_S = 1.0
 
 # Dashboards started and not yet stopped (for `%dashboard stop` and extension unload).
 _OPEN: list[Dashboard] = []
@@ -56,6 +83,9 @@ class Dashboard:
     rate: sampling rate asked of the monitor while the dashboard runs (default: its own, 4 Hz).
     stop_when_done: stop by itself once every listed container has exited (needs containers).
     title: a title above the plots.
+    front_end: whether a front end may show the widget (default: whether this runs in a
+        Jupyter kernel). Without one nothing is drawn live; with one, frames are drawn while a
+        view of the widget is shown by a live page (nsmagic.widgets.presence).
 
     Display it (last expression of a cell, or `display(dash)`), or call `show()`. `stop()`
     ends its thread, hides the live widget and leaves the final figure as a static PNG;
@@ -66,7 +96,7 @@ class Dashboard:
                  window: float = DEFAULT_WINDOW_S, rate: float | None = None,
                  stop_when_done: bool = False, title: str | None = None,
                  monitor: Monitor | None = None, width: float = 10.0,
-                 height: float = 3.6) -> None:
+                 height: float = 3.6, front_end: bool | None = None) -> None:
         import ipywidgets
 
         self.containers = None if containers is None else [str(c) for c in containers]
@@ -83,6 +113,7 @@ class Dashboard:
         self._renderer = PlotRenderer(width, height, title=title)
         self._colours: dict[str, str] = {}
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a tick, a view, a heartbeat after silence, stop()
         self._thread: threading.Thread | None = None
         self._finished = False
         self._finish_lock = threading.Lock()
@@ -90,17 +121,24 @@ class Dashboard:
         self._parent: dict | None = None
         self._static_id = f"nsmagic-dashboard-{uuid.uuid4().hex}"
         self._static_shown = False
-        self._last_signature: Any = None
         self._shown: list[SeriesSnapshot] = []  # what the last frame drew
         self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(
             width="100%", max_width=f"{int(width * 96)}px", height="auto"))
         self.table = ipywidgets.HTML(value=self._table_html([]))
-        self.widget = ipywidgets.VBox([self.image, self.table])
+        self.beat = heartbeat_widget()
+        self.widget = ipywidgets.VBox([self.image, self.table, self.beat])
         self.widget.add_class("nsmagic-dashboard")
         self.widget.observe(self._on_comm_change, names="comm")
         self.image.observe(self._on_comm_change, names="comm")
-        # A first frame, so the widget is never an empty box.
-        self._draw(force=True)
+        shell = kernel_shell()
+        self.front_end = shell is not None if front_end is None else bool(front_end)
+        if not self.front_end:
+            self.presence: Presence | NoFrontEnd = NoFrontEnd()
+        else:
+            # Created in a cell (the main thread): the kernel is busy until that cell ends.
+            activity = None if shell is None else KernelActivity(
+                shell, busy=threading.current_thread() is threading.main_thread())
+            self.presence = Presence(self.beat, self._wake.set, activity)
 
     # -- showing ----------------------------------------------------------------------------
     def show(self) -> Dashboard:
@@ -141,6 +179,7 @@ class Dashboard:
     def stop(self) -> None:
         """End the thread, draw the final frame and leave it as a static PNG; safe twice."""
         self._stop.set()
+        self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
@@ -149,12 +188,13 @@ class Dashboard:
     def close(self) -> None:
         """stop(), then close the widgets (their views disappear from the page)."""
         self.stop()
-        for widget in (self.widget, self.image, self.table):
+        for widget in (self.widget, self.image, self.table, self.beat):
             widget.close()
 
     def _on_comm_change(self, change: dict) -> None:
         if change.get("new") is None:  # the widget was closed
             self._stop.set()
+            self._wake.set()
 
     def _finish(self) -> None:
         with self._finish_lock:
@@ -164,9 +204,10 @@ class Dashboard:
         with _OPEN_LOCK:
             if self in _OPEN:
                 _OPEN.remove(self)
-        if self.image.comm is None:
-            return  # closed: nobody to show a picture to
-        png = self._draw(force=True)
+        self.presence.close()
+        if self.image.comm is None or not self.front_end:
+            return  # closed, or no front end: nobody to show a picture to
+        png = self.last_png if self._draw(force=True) else None
         if self._static_shown and png:
             from IPython.display import update_display
 
@@ -178,12 +219,24 @@ class Dashboard:
     # -- drawing ------------------------------------------------------------------------------
     def _run(self) -> None:
         tokens = _set_thread_parent(self._parent)
-        watch = self.monitor.watch(rate=self.rate)
+        watch = self.monitor.watch(listener=lambda _: self._wake.set(), rate=self.rate)
+        budget = FrameBudget(self.fps)
         try:
-            while not self._stop.wait(1.0 / self.fps):
-                if self.image.comm is None or self.widget.comm is None:
+            while not self._stop.is_set():
+                self._wake.wait(WAKE_EVERY_S)
+                self._wake.clear()
+                if self._stop.is_set() or self.image.comm is None or self.widget.comm is None:
                     break
-                self._draw()
+                if not self.presence.seen():
+                    if self.stop_when_done and self._all_done(self.visible_series()):
+                        break
+                    continue
+                # A wake while waiting for the budget is kept for the next round.
+                if self._stop.wait(budget.wait()):
+                    break
+                cpu = time.thread_time()
+                if self._draw():
+                    budget.spend(time.thread_time() - cpu)
                 if self.stop_when_done and self._all_done(self._shown):
                     break
         except Exception:  # noqa: BLE001 - a plot failure must not take the kernel down
@@ -218,22 +271,23 @@ class Dashboard:
         return bool(chosen) and len(chosen) >= len(self.containers or []) and all(
             s.state == "exited" for s in chosen)
 
-    def _draw(self, force: bool = False) -> bytes | None:
+    def _draw(self, force: bool = False) -> bool:
+        """Draw a frame if it would look different (or force); whether one was drawn."""
         with self._draw_lock:
             series = self._shown = self.visible_series()
-            signature = tuple((s.container_id, len(s), s.last("time"), s.state, len(s.events))
-                              for s in series)
-            if not force and signature == self._last_signature and not any(
-                    s.state != "exited" for s in series):
-                return self.last_png  # nothing new and nothing running: keep the frame
-            self._last_signature = signature
+            now = time.time()
             t0 = min([self.t0, *(s.started_at for s in series)]) if self.containers else self.t0
-            png = self._renderer.render(series, self._colours, t0, self.window)
+            table = self._table_html(series)
+            if table != self.table.value:
+                self.table.value = table
+            if not force and not self._renderer.changed(series, self._colours, t0,
+                                                        self.window, now):
+                return False
+            png = self._renderer.render(series, self._colours, t0, self.window, now)
             self.last_png = png
             self.frames += 1
             self.image.value = png
-            self.table.value = self._table_html(series)
-            return png
+            return True
 
     def _table_html(self, series: list[SeriesSnapshot]) -> str:
         head = "<tr>" + "".join(
