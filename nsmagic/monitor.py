@@ -19,8 +19,9 @@ only; the first sample that moves, and every start or exit, bring the full rate 
 From the counters it keeps per-container ring buffers (the last `keep_seconds`, 10 minutes by
 default): CPU % of one core (from cpu_usage_ns deltas), CPU % of the `limits.cpus` quota,
 memory current/peak/limit, throttled periods per sample, OOM kills, and timestamped events
-(start, exit, oom, throttled). Exited containers keep their series; only the newest
-`KEEP_EXITED` ended ones are kept.
+(start, exit, oom, throttled). The CPU figures are averages over the last second, a whole
+number of CFS periods (see CFS_PERIOD_S). Exited containers keep their series; only the
+newest `KEEP_EXITED` ended ones are kept.
 
 The buffers change under the monitor's lock only; readers elsewhere (the dashboard, history())
 take a `SeriesSnapshot`, a copy made under that lock, and never touch the live buffers.
@@ -30,15 +31,17 @@ Nothing here imports IPython or ipywidgets: `nsmagic.widgets` reads this data.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nsmagic.cgroups.base import CgroupStats, StatsReader
+from nsmagic.cgroups.convert import CPU_PERIOD_US
 from nsmagic.runtime.registry import REGISTRY, ContainerRecord, Registry
 
 DEFAULT_RATE_HZ = 4.0
@@ -46,6 +49,14 @@ MAX_RATE_HZ = 10.0
 MIN_RATE_HZ = 0.2
 KEEP_SECONDS = 600.0
 KEEP_EXITED = 50
+# The CFS period of the groups nsmagic creates (cpu.cfs_period_us, cpu.max): a group under a
+# --cpus quota runs in bursts of quota per period, so a CPU figure over anything but a whole
+# number of periods zig-zags (2 or 3 bursts in 2.5 periods: 80% or 120% of the quota). Ticks
+# therefore fall on a grid of whole periods, and the CPU figure of a sample is taken over the
+# last CPU_WINDOW_S (a whole number of periods): a tick a few ms late then moves the figure by
+# a few ms in a second, not in a tenth of one.
+CFS_PERIOD_S = CPU_PERIOD_US / 1_000_000
+CPU_WINDOW_S = 10 * CFS_PERIOD_S
 # Nothing moves: every running container used less than MOVING_CPU_PERCENT of a core and
 # changed its memory by less than MOVING_MEMORY_BYTES since the previous sample, and no event.
 IDLE_RATE_HZ = 1.0
@@ -60,8 +71,8 @@ LIMIT_EVERY = 10
 COLUMNS = (
     "time",  # wall clock (time.time()) of the sample
     "elapsed",  # seconds since the container started
-    "cpu_percent",  # % of one core over the last interval
-    "cpu_limit_percent",  # % of the --cpus quota (None without one)
+    "cpu_percent",  # % of one core over the last CPU_WINDOW_S (or the interval, if longer)
+    "cpu_limit_percent",  # the same as % of the --cpus quota (None without one)
     "memory_current",  # bytes
     "memory_peak",  # bytes (the kernel's peak when it has one, else the highest seen)
     "memory_limit",  # bytes (None without a limit)
@@ -300,6 +311,8 @@ class _Tracker:
 
     reader: StatsReader | _PsutilReader | None
     previous: tuple[float, CgroupStats] | None = None  # (monotonic time, counters) last tick
+    # (monotonic time, cpu_usage_ns) of the samples of the last CPU_WINDOW_S, this one last.
+    usage: deque[tuple[float, int]] = field(default_factory=deque)
     throttling: bool = False  # the last sample was throttled: one event per episode
     oom_base: int | None = None  # the group's OOM kills at the first sample
     oom_seen: int = 0  # OOM kills already reported as events
@@ -509,7 +522,7 @@ class Monitor:
     # -- the sampler thread -----------------------------------------------------------------
     def _run(self, stop: threading.Event) -> None:
         cpu0, wall0 = time.thread_time(), time.monotonic()
-        next_tick = time.monotonic()
+        next_tick = origin = time.monotonic()  # ticks fall on whole CFS periods from here
         try:
             while not stop.is_set():
                 self.sample_once()
@@ -525,13 +538,16 @@ class Monitor:
                         listener(self)
                     except Exception:  # noqa: BLE001 - a broken plot must not stop sampling
                         pass
-                next_tick += 1.0 / self.rate_in_force()
+                next_tick += whole_periods(1.0 / self.rate_in_force())
                 now = time.monotonic()
                 if next_tick < now:  # fell behind (a slow tick): do not try to catch up
-                    next_tick = now
+                    next_tick = next_period(origin, now)
                 self._wake.clear()
-                if not stop.is_set():
-                    self._wake.wait(next_tick - now)
+                if not stop.is_set() and self._wake.wait(next_tick - now):
+                    # Woken early (a start, an exit, a new watch): sample at the next whole
+                    # period, a tenth of a second at most, to stay on the grid.
+                    next_tick = next_period(origin, time.monotonic())
+                    stop.wait(max(0.0, next_tick - time.monotonic()))
         finally:
             self._close_readers()
 
@@ -625,14 +641,12 @@ class Monitor:
         events: list[tuple[str, str]] = []
         cpu = cpu_limit = None
         throttled = 0 if counters.cpu_throttled_periods is not None else None
+        if counters.cpu_usage_ns is not None:
+            cpu = _windowed_cpu(tracker.usage, now, counters.cpu_usage_ns)
+            if cpu is not None and series.cpus:
+                cpu_limit = round(cpu / series.cpus, 2)
         if previous is not None:
-            before_t, before = previous
-            dt = now - before_t
-            if dt > 0 and counters.cpu_usage_ns is not None and before.cpu_usage_ns is not None:
-                cpu = max(0.0, (counters.cpu_usage_ns - before.cpu_usage_ns) / (dt * 1e9) * 100)
-                cpu = round(cpu, 2)
-                if series.cpus:
-                    cpu_limit = round(cpu / series.cpus, 2)
+            before = previous[1]
             if throttled is not None and before.cpu_throttled_periods is not None:
                 throttled = max(0, counters.cpu_throttled_periods - before.cpu_throttled_periods)
             else:
@@ -714,6 +728,32 @@ def _moved(cpu: float | None, counters: CgroupStats,
     now, before = counters.memory_current, previous[1].memory_current
     return (now is None) != (before is None) or (
         now is not None and abs(now - before) >= MOVING_MEMORY_BYTES)
+
+
+def _windowed_cpu(usage: deque[tuple[float, int]], now: float, total_ns: int) -> float | None:
+    """% of one core since the newest earlier sample at least CPU_WINDOW_S old (or the oldest
+    kept); usage keeps the samples of that window, this one last."""
+    usage.append((now, total_ns))
+    # Drop the oldest while the next one is old enough to start the window (ticks are whole
+    # periods apart, give or take a little lateness).
+    while len(usage) > 2 and now - usage[1][0] >= CPU_WINDOW_S - CFS_PERIOD_S / 2:
+        usage.popleft()
+    if len(usage) < 2:
+        return None
+    then, before_ns = usage[0]
+    if now <= then:
+        return None
+    return round(max(0.0, (total_ns - before_ns) / ((now - then) * 1e9) * 100), 2)
+
+
+def whole_periods(seconds: float) -> float:
+    """seconds rounded up to a whole number of CFS periods (at least one)."""
+    return max(1, math.ceil(seconds / CFS_PERIOD_S - 1e-9)) * CFS_PERIOD_S
+
+
+def next_period(origin: float, now: float) -> float:
+    """The first time at or after now that is a whole number of CFS periods after origin."""
+    return origin + math.ceil((now - origin) / CFS_PERIOD_S - 1e-9) * CFS_PERIOD_S
 
 
 def _clamp_rate(rate: float) -> float:

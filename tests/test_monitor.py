@@ -292,3 +292,13 @@ def test_a_steady_monitor_never_slows_down(sleeping, monkeypatch):
     steady.sample_once()
     steady.sample_once()
     assert steady.idle and steady.rate_in_force() == MAX_RATE_HZ
+
+
+def test_ticks_are_whole_cfs_periods_apart():
+    from nsmagic.monitor import CFS_PERIOD_S, next_period, whole_periods
+
+    assert CFS_PERIOD_S == 0.1
+    assert [whole_periods(1 / r) for r in (10, 5, 4, 1)] == pytest.approx([0.1, 0.2, 0.3, 1.0])
+    assert whole_periods(0.01) == pytest.approx(0.1), "never faster than one period"
+    assert next_period(100.0, 100.25) == pytest.approx(100.3)
+    assert next_period(100.0, 100.3) == pytest.approx(100.3)

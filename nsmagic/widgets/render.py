@@ -39,7 +39,7 @@ OTHER_MARKER = ("o", None, 5)
 # Where a marker sits, as a fraction of the axes' height.
 MARKER_HEIGHT = {"oom": 0.97, "throttled": 0.97}
 NAN = float("nan")
-CPU_TITLE = "CPU (% of one core; dashed: --cpus limit)"
+CPU_TITLE = "CPU (% of one core, 1 s averages; dashed: --cpus limit)"
 MEMORY_TITLE = "Memory MiB (solid: current, dotted: peak, dashed: limit)"
 # zlib level 1: a third of the default's encoding time, for PNGs about 10% larger.
 PNG_COMPRESSION = 1
@@ -144,6 +144,12 @@ class PlotRenderer:
                 if values != drawn[2]:
                     return True
         return False
+
+    def plotted(self, container_id: str) -> dict[str, tuple[list[float], list[float]]]:
+        """The (x, y) data the last frame drew for a container: cpu, mem, peak and limits."""
+        lines = self._lines.get(container_id, {})
+        return {name: (list(line.get_xdata()), list(line.get_ydata()))
+                for name, line in lines.items() if not name.startswith("mark ")}
 
     # -- drawing ---------------------------------------------------------------------------
     def render(self, series: Sequence[SeriesSnapshot], colours: dict[str, str], t0: float,
