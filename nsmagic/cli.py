@@ -71,11 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run)
 
     export = commands.add_parser(
-        "export", help="write an OCI runtime bundle (runc) for the same options as run",
-        usage=f"{PROG} export --oci DIR [options] [-- COMMAND [ARG...]]",
+        "export", help="write an OCI runtime bundle (runc) or Kubernetes manifests for the "
+                       "same options as run",
+        usage=f"{PROG} export --oci DIR | --kubernetes FILE [options] [-- COMMAND [ARG...]]",
         description="Write DIR/config.json (OCI runtime spec 1.0.2), the root filesystem and "
-                    "a README saying how to `runc run` it.")
-    export.add_argument("--oci", required=True, metavar="DIR", help="the bundle directory")
+                    "a README saying how to `runc run` it; or, with --kubernetes and --image, "
+                    "a Job and a Pod manifest running the same command with the same limits.")
+    export.add_argument("--oci", metavar="DIR", help="the bundle directory")
+    export.add_argument("--kubernetes", metavar="FILE",
+                        help="write a Job and a Pod manifest (YAML) to FILE ('-': stdout)")
     export.add_argument("--bundle-root", choices=("bind", "busybox"), default="bind",
                         help="without --rootfs: the default container's view of the host, "
                              "mounted by runc itself (bind, the default), or a busybox-static "
@@ -338,6 +342,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from nsmagic import oci
     from nsmagic.errors import SpecError
 
+    if (args.oci is None) == (args.kubernetes is None):
+        return _usage_error("export", "give --oci DIR (an OCI runtime bundle) or --kubernetes "
+                                      "FILE (a Job and a Pod manifest), one of them")
+    if args.kubernetes is not None:
+        from nsmagic import kubernetes
+        from nsmagic.runtime.options import keywords_from_args
+
+        try:
+            manifests = kubernetes.from_keywords(keywords_from_args(args),
+                                                 _command_of(args) or None, args.name)
+            kubernetes.write(manifests, args.kubernetes)
+        except (SpecError, OSError) as error:
+            return _usage_error("export", str(error))
+        for note in manifests.notes:
+            print(f"note: {note}", file=sys.stderr)
+        return 0
     try:
         spec = _spec_from(args)
         bundle = oci.write_bundle(spec, args.oci, _command_of(args) or None,
