@@ -36,7 +36,10 @@ def test_half_a_cpu_is_plotted_as_half_a_cpu(rate):
     start, end = xs[0], xs[-1]
     steady = [y for x, y in zip(xs, ys, strict=True) if start + 2.0 <= x <= end - 0.5]
     assert len(steady) >= 8, (xs, ys)
-    assert 48 <= statistics.median(steady) <= 52, steady
-    assert all(45 <= y <= 55 for y in steady), f"the trace zig-zags: {steady}"
+    # At the quota, give or take what a shared machine's other work takes from it...
+    middle = statistics.median(steady)
+    assert 45 <= middle <= 52, steady
+    # ...and flat: the zig-zag was 40-57 % (80-120 % of the limit).
+    assert all(abs(y - middle) <= 4 for y in steady), f"the trace zig-zags: {steady}"
     of_limit = [v for v in series.columns["cpu_limit_percent"][-8:-2] if v is not None]
-    assert all(90 <= v <= 110 for v in of_limit), of_limit
+    assert all(88 <= v <= 106 for v in of_limit), of_limit
