@@ -13,13 +13,18 @@ Why a PNG in an `ipywidgets.Image`, drawn by a daemon thread
   VS Code and Voila with no extension beyond ipywidgets itself.
 - matplotlib is drawn through its object API (`Figure` + `FigureCanvasAgg`), never pyplot,
   which is global, not thread-safe, and would leak figures into the inline backend.
-- When a dashboard stops (or a live plot's container ends) the final figure is also shown as
-  a plain `image/png` output, and the live widget is hidden: exported notebooks (nbconvert,
-  GitHub, a notebook reopened without its kernel) keep a picture.
 
-The static picture goes into a placeholder output shown right under the widget (an output
-with a display_id), replaced through update_display, so it lands in the dashboard's own cell
-even when `stop()` is called from a later cell.
+Saved notebooks
+---------------
+JupyterLab saves outputs without widget state, so a widget output shows in an export, on
+GitHub or in a notebook reopened later only as its text/plain (ipywidgets' is
+`VBox(children=(Image(value=b'\x89PNG...`), or as "Error displaying widget: model not
+found". So the widget is displayed with a text/plain that says what it is, under a display
+id, with an empty placeholder output (a second display id) under it. When the dashboard
+stops (a live plot stops when its container ends), update_display replaces the widget's
+output with the final figure as a plain `image/png` and the placeholder with the final value
+table (HTML and text), and the widgets are closed: whatever saves the notebook then saves a
+picture and a table, in the dashboard's own cell even when `stop()` runs in a later one.
 
 What an open dashboard costs the kernel
 ---------------------------------------
@@ -40,7 +45,6 @@ nsmagic.widgets.render). `nsmagic bench --only dashboard_idle,dashboard_busy` me
 
 from __future__ import annotations
 
-import html
 import threading
 import time
 import uuid
@@ -48,7 +52,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from nsmagic.cgroups.limits import format_size
 from nsmagic.monitor import MONITOR, Monitor, SeriesSnapshot
 from nsmagic.widgets.budget import FrameBudget
 from nsmagic.widgets.presence import (
@@ -59,6 +62,7 @@ from nsmagic.widgets.presence import (
     kernel_shell,
 )
 from nsmagic.widgets.render import COLOURS, PlotRenderer
+from nsmagic.widgets.table import table_html, table_text
 
 DEFAULT_FPS = 2.0
 MAX_FPS = 4.0
@@ -88,8 +92,8 @@ class Dashboard:
         view of the widget is shown by a live page (nsmagic.widgets.presence).
 
     Display it (last expression of a cell, or `display(dash)`), or call `show()`. `stop()`
-    ends its thread, hides the live widget and leaves the final figure as a static PNG;
-    closing the widget (`dash.close()` or `dash.widget.close()`) stops it too.
+    ends its thread and replaces the live widget by the final figure (a static PNG) and the
+    final table; closing the widget (`dash.close()` or `dash.widget.close()`) stops it too.
     """
 
     def __init__(self, containers: Iterable[str] | None = None, fps: float = DEFAULT_FPS,
@@ -106,6 +110,7 @@ class Dashboard:
         self.window = float(window)
         self.rate = rate
         self.stop_when_done = stop_when_done
+        self.title = title
         self.monitor = monitor if monitor is not None else MONITOR
         self.t0 = time.time()
         self.frames = 0
@@ -119,12 +124,13 @@ class Dashboard:
         self._finish_lock = threading.Lock()
         self._draw_lock = threading.Lock()
         self._parent: dict | None = None
-        self._static_id = f"nsmagic-dashboard-{uuid.uuid4().hex}"
+        self._live_id = f"nsmagic-dashboard-{uuid.uuid4().hex}"  # the widget's output
+        self._static_id = f"{self._live_id}-table"  # the placeholder under it
         self._static_shown = False
         self._shown: list[SeriesSnapshot] = []  # what the last frame drew
         self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(
             width="100%", max_width=f"{int(width * 96)}px", height="auto"))
-        self.table = ipywidgets.HTML(value=self._table_html([]))
+        self.table = ipywidgets.HTML(value=table_html([], {}))
         self.beat = heartbeat_widget()
         self.widget = ipywidgets.VBox([self.image, self.table, self.beat])
         self.widget.add_class("nsmagic-dashboard")
@@ -142,22 +148,37 @@ class Dashboard:
 
     # -- showing ----------------------------------------------------------------------------
     def show(self) -> Dashboard:
-        """Display the widget (and the placeholder for the final static image), then start."""
+        """Display the widget (and the placeholder for the final table), then start."""
         from IPython.display import display
 
-        display(self.widget)
-        self._display_placeholder()
+        display(self._live_bundle(), raw=True, display_id=self._live_id)
+        display({"text/plain": ""}, raw=True, display_id=self._static_id)
+        self._static_shown = True
         self.start()
         return self
 
     def _ipython_display_(self) -> None:
         self.show()
 
-    def _display_placeholder(self) -> None:
-        from IPython.display import display
+    def _what(self) -> str:
+        """What this shows, in words: 'nsmagic dashboard' or 'nsmagic live plot of web'."""
+        if not (self.stop_when_done and self.containers):
+            return "nsmagic dashboard"
+        labels = [r.label for r in self.monitor.registry.records(include_exited=True)
+                  if any(r.container_id.startswith(c) or c in (r.name, r.label)
+                         for c in self.containers)]
+        return f"nsmagic live plot of {', '.join(labels or self.containers)}"
 
-        display({"text/plain": ""}, raw=True, display_id=self._static_id)
-        self._static_shown = True
+    def _live_bundle(self) -> dict[str, Any]:
+        """The widget's output: its view, and a text/plain that stays true once saved."""
+        if not self.front_end:
+            return {"text/plain": f"{self._what()}: no front end to draw in here (no Jupyter "
+                                  "kernel); the samples are recorded, see "
+                                  "nsmagic.stats.history()"}
+        bundle = dict(self.widget._repr_mimebundle_())
+        bundle["text/plain"] = (f"[{self._what()}: live CPU and memory plots, a widget that "
+                                "only a running kernel draws]")
+        return bundle
 
     def start(self) -> Dashboard:
         """Start the drawing thread (idempotent); show() calls this."""
@@ -186,9 +207,16 @@ class Dashboard:
         self._finish()
 
     def close(self) -> None:
-        """stop(), then close the widgets (their views disappear from the page)."""
+        """stop() (which leaves the final picture and table), and close the widgets."""
         self.stop()
+        self._close_widgets()
+
+    def _close_widgets(self) -> None:
         for widget in (self.widget, self.image, self.table, self.beat):
+            # Their layout and style are widgets of their own, left open by close().
+            for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+                if part is not None:
+                    part.close()
             widget.close()
 
     def _on_comm_change(self, change: dict) -> None:
@@ -205,16 +233,31 @@ class Dashboard:
             if self in _OPEN:
                 _OPEN.remove(self)
         self.presence.close()
-        if self.image.comm is None or not self.front_end:
-            return  # closed, or no front end: nobody to show a picture to
-        png = self.last_png if self._draw(force=True) else None
-        if self._static_shown and png:
-            from IPython.display import update_display
+        if not self._static_shown:
+            return  # displayed by hand (display(dash.widget)): it keeps its last frame
+        from IPython.display import update_display
 
-            summary = self._summary_text()
-            update_display({"image/png": png, "text/plain": summary}, raw=True,
-                           display_id=self._static_id)
-            self.widget.layout.display = "none"
+        if self.image.comm is None:  # closed by hand: say so where it was
+            update_display({"text/plain": f"[{self._what()}: closed]"}, raw=True,
+                           display_id=self._live_id)
+            return
+        series = self.visible_series()
+        final: dict[str, Any] = {"text/plain": self._final_text(series)}
+        if self.front_end and self._draw(force=True):
+            final["image/png"] = self.last_png
+        update_display(final, raw=True, display_id=self._live_id)
+        update_display({"text/html": table_html(series, self._colours),
+                        "text/plain": table_text(series)}, raw=True,
+                       display_id=self._static_id)
+        self._close_widgets()
+
+    def _final_text(self, series: list[SeriesSnapshot]) -> str:
+        """What the final picture shows, in words (its text/plain)."""
+        ended = [s for s in series if s.state == "exited"]
+        count = f"{len(series)} container{'s' if len(series) != 1 else ''}"
+        return (f"[{self._what()}, final picture: CPU and memory of {count}"
+                f"{f', {len(ended)} ended' if ended else ''}, "
+                f"{time.time() - self.t0:.0f} s after it opened; values in the table below]")
 
     # -- drawing ------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -277,7 +320,7 @@ class Dashboard:
             series = self._shown = self.visible_series()
             now = time.time()
             t0 = min([self.t0, *(s.started_at for s in series)]) if self.containers else self.t0
-            table = self._table_html(series)
+            table = table_html(series, self._colours)
             if table != self.table.value:
                 self.table.value = table
             if not force and not self._renderer.changed(series, self._colours, t0,
@@ -289,49 +332,9 @@ class Dashboard:
             self.image.value = png
             return True
 
-    def _table_html(self, series: list[SeriesSnapshot]) -> str:
-        head = "<tr>" + "".join(
-            f'<th style="padding:1px 8px">{h}</th>' for h in (
-                "", "container", "state", "CPU % core", "% of limit", "memory", "peak",
-                "limit", "throttled", "OOM kills")) + "</tr>"
-        rows = []
-        for item in series:
-            colour = self._colours.get(item.container_id, "#777")
-            cpu, of_limit = item.last("cpu_percent"), item.last("cpu_limit_percent")
-            current, peak = item.last("memory_current"), item.last("memory_peak")
-            throttled = sum(v for v in item.columns["throttled_periods"] if v)
-            kills = item.last("oom_kills") or sum(1 for e in item.events if e["kind"] == "oom")
-            state = item.state if item.state != "exited" else f"exited: {item.outcome or ''}"
-            cells = [
-                f'<span style="color:{colour};font-size:16px">&#9632;</span>',
-                html.escape(item.label), html.escape(state),
-                "" if cpu is None else f"{cpu:.0f}",
-                "" if of_limit is None else f"{of_limit:.0f}",
-                _size(current), _size(peak), _size(item.memory_limit),
-                str(throttled), str(kills),
-            ]
-            rows.append("<tr>" + "".join(f'<td style="padding:1px 8px">{c}</td>'
-                                         for c in cells) + "</tr>")
-        if not rows:
-            rows.append('<tr><td colspan="10"><i>no container yet: start one with '
-                        "%%container or nsmagic.run()</i></td></tr>")
-        return ('<table class="nsmagic-dashboard-table" style="font-size:12px;'
-                'border-collapse:collapse">' + head + "".join(rows) + "</table>")
-
-    def _summary_text(self) -> str:
-        parts = []
-        for item in self.visible_series():
-            peak = item.last("memory_peak")
-            parts.append(f"{item.label}: {item.state}, peak memory {_size(peak) or '?'}")
-        return "<nsmagic dashboard: " + ("; ".join(parts) or "no containers") + ">"
-
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<nsmagic Dashboard ({state}, {self.frames} frames)>"
-
-
-def _size(value: int | None) -> str:
-    return "" if value is None else format_size(int(value))
 
 
 def _current_parent() -> dict | None:

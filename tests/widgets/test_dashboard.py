@@ -50,7 +50,10 @@ def test_without_a_front_end_the_dashboard_draws_nothing(ipython_shell, capsys):
     assert not dash.front_end, "a shell without a kernel shows no widgets"
     nsmagic.run("import time; time.sleep(0.6)")
     ipython_shell.run_line_magic("dashboard", "stop")
-    assert "stopped 1 dashboard" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "stopped 1 dashboard" in out
+    assert "no front end to draw in here" in out, "it says so, as text"
+    assert "container" in out and "OOM kills" in out, "the final table, as text"
     assert not open_dashboards()
     assert wait_until(lambda: not dashboard_threads(), 3), dashboard_threads()
     assert dash.frames == 0 and dash.last_png is None
