@@ -99,7 +99,7 @@ def test_default_config_gives_runc_the_protections_of_nsmagic(tmp_path):
     assert {(r["type"], r.get("major"), r.get("minor"), r["access"]) for r in rules[1:]} == {
         (rule.kind, rule.major, rule.minor, rule.access) for rule in CONTAINER_DEVICES}
     openable = {(r.get("major"), r.get("minor")) for r in rules[1:] if "r" in r["access"]}
-    assert openable == {(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2),
+    assert openable == {(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2),
                         (136, None)}
     assert {d["path"]: (d["major"], d["minor"]) for d in linux["devices"]} == {
         "/dev/null": (1, 3), "/dev/zero": (1, 5), "/dev/full": (1, 7), "/dev/random": (1, 8),
@@ -676,7 +676,7 @@ def test_cell_export_oci_writes_the_bundle_and_runs_the_cell(ipython_shell, tmp_
         "hostname").success
     captured = capfd.readouterr()
     assert "cellhost" in captured.out
-    assert "wrote an OCI bundle" in captured.err
+    assert "wrote an OCI bundle" in captured.out + captured.err
     config = json.loads((target / "config.json").read_text())
     assert config["hostname"] == "cellhost"
     assert config["process"]["args"] == ["/bin/sh", "-c", "hostname\n"]  # the cell as it is
