@@ -29,7 +29,10 @@ class DashboardMagics(Magics):
     def dashboard(self, line: str) -> Any:
         """Show live CPU (% of one core, --cpus as a dashed line) and memory (current, peak,
         limit) plots of every running container, updated while other cells run. Start, exit,
-        OOM kills and CPU throttling are marked on the time axis.
+        OOM kills and CPU throttling are marked on the time axis. Its cell ends at once, so
+        it also updates live in Voila (which shows a cell's outputs only when the cell ends:
+        a %%container --plot is seen there only as its final picture). Stopped, it leaves
+        the final picture and table.
 
         Examples::
 
