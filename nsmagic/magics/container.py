@@ -245,10 +245,10 @@ class ContainerMagics(Magics):
         """%%container NAME --bg: the cell runs in NAME from a thread; its output shows under
         this cell (and in NAME's log), and %container wait NAME waits for it."""
         write = live_output()
-        stop_plot = _background_plot(managed.spec.container_id, args.plot)
+        plot = {"stop": lambda: None}
 
         def ended(result: ExecResult) -> None:
-            stop_plot()
+            plot["stop"]()
             failure = _cell_failure(result)
             if failure is not None:
                 write("stderr", "".join(failure._render_traceback_()) + "\n")
@@ -256,6 +256,11 @@ class ContainerMagics(Magics):
         background = managed.exec_background(
             cell, on_stdout=lambda text: write("stdout", text),
             on_stderr=lambda text: write("stderr", text), on_end=ended, **options)
+        # Once the cell is accepted (a busy container refuses it), and until it ends: the
+        # container itself runs on, so its plot would not stop by itself.
+        plot["stop"] = _background_plot(managed.spec.container_id, args.plot)
+        if background.done.is_set():
+            plot["stop"]()  # it ended already (stop is safe twice)
         if not args.quiet:
             _note(f"running in the background in {managed.name!r}: %container wait "
                   f"{managed.name} waits for the cell, logs {managed.name} shows its output")
