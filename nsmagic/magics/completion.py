@@ -17,9 +17,9 @@ from IPython.core.completer import (
 from nsmagic.magics.cgroup import PARSERS, SUBCOMMANDS
 from nsmagic.magics.container import (
     CELL_ONLY_OPTIONS,
-    CONTAINER_SUBCOMMANDS,
     SHELLS,
     ContainerMagics,
+    subcommands,
 )
 from nsmagic.runtime import groups
 from nsmagic.runtime.named import MANAGER
@@ -113,7 +113,7 @@ def _start_options(before: list[str], word: str, variables: Iterable[str]) -> li
 def _container_line(before: list[str], word: str, variables: Iterable[str]) -> list[str]:
     """%container SUBCOMMAND ...: subcommands, then names, flags or start's options."""
     if not before:
-        return list(CONTAINER_SUBCOMMANDS)
+        return subcommands(ContainerMagics)
     command, rest = before[0], before[1:]
     if command == "start":
         return _start_options(rest, word, variables) if rest else []

@@ -350,12 +350,13 @@ class ContainerMagics(Magics):
             words = shlex.split(line)
         except ValueError as error:
             raise UsageError(f"%container: cannot read {line!r}: {error}.") from None
-        known = ", ".join(CONTAINER_SUBCOMMANDS[:-1]) + f" or {CONTAINER_SUBCOMMANDS[-1]}"
+        commands = subcommands(type(self))
+        known = ", ".join(commands[:-1]) + f" or {commands[-1]}"
         if not words:
             raise UsageError(f"%container needs a subcommand: {known} (see %container?).")
         command, rest = words[0], words[1:]
-        handler = getattr(self, f"_container_{command}", None)
-        if command not in CONTAINER_SUBCOMMANDS or handler is None:
+        handler = getattr(self, f"_container_{command.replace('-', '_')}", None)
+        if command not in commands or handler is None:
             raise UsageError(f"%container does not know {command!r}: use {known}.")
         try:
             return handler(rest, line.split(None, 1)[1] if len(words) > 1 else "")
@@ -530,6 +531,15 @@ def _check_common_options(args: Any) -> None:
     for option in ("net", "hostname", "rootfs", "name", "cgroup"):
         if getattr(args, option, None) == "":
             raise UsageError(f"--{option} needs a value.")
+
+
+def subcommands(magics: type) -> list[str]:
+    """%container's subcommands: its own, then any a mixin adds (a _container_NAME method
+    serves 'NAME', with '-' for '_')."""
+    found = [name.removeprefix("_container_").replace("_", "-") for name in dir(magics)
+             if name.startswith("_container_") and callable(getattr(magics, name))]
+    return [*(c for c in CONTAINER_SUBCOMMANDS if c in found),
+            *sorted(c for c in found if c not in CONTAINER_SUBCOMMANDS)]
 
 
 # Options of a cell, which %container start refuses (flag -> its parsed name).

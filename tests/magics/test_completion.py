@@ -82,3 +82,15 @@ def test_unloading_takes_the_completion_away(ipython_shell):
     finally:
         ipython_shell.run_line_magic("load_ext", "nsmagic")
     assert completions(ipython_shell, "%container st") == ["start", "stats", "stop"]
+
+
+def test_a_subcommand_a_mixin_adds_is_served_and_offered(ipython_shell):
+    from nsmagic.magics.container import ContainerMagics, subcommands
+
+    class WithMore(ContainerMagics):
+        def _container_image_prune(self, rest: list[str], text: str) -> str:
+            return "pruned"
+
+    assert subcommands(WithMore)[-1] == "image-prune"
+    assert WithMore(ipython_shell).container_line("image-prune") == "pruned"
+    assert "image-prune" not in subcommands(ContainerMagics)
