@@ -215,6 +215,31 @@ def _rootfs(cells: Cells) -> None:
     assert cells.run(f"--rootfs {root} sh", "cat /etc/marker") == "busybox root\n"
 
 
+@in_a_new_container("--image")
+def _image(cells: Cells) -> None:
+    from ..images import builders
+
+    store, layout = os.path.join(cells.host_dir, "store"), os.path.join(cells.host_dir, "bb")
+    if not os.path.exists(layout):
+        builders.write_layout(layout, "1", [builders.busybox_layer()], cmd=["/bin/sh"])
+    previous = os.environ.get("NSMAGIC_IMAGE_STORE")
+    os.environ["NSMAGIC_IMAGE_STORE"] = store
+    try:
+        assert cells.run(f"--image oci:{layout}:1 sh", "test -e /bin/busybox && echo yes "
+                         "&& test ! -e /usr/lib/python3 && echo no-host") == "yes\nno-host\n"
+    finally:
+        if previous is None:
+            del os.environ["NSMAGIC_IMAGE_STORE"]
+        else:
+            os.environ["NSMAGIC_IMAGE_STORE"] = previous
+
+
+@in_a_new_container("--user")
+def _user(cells: Cells) -> None:
+    wanted = "65534" if os.geteuid() == 0 else "0"  # rootless, only root inside is mapped
+    assert cells.run(f"--user {wanted}", "import os; print(os.getuid())") == f"{wanted}\n"
+
+
 @in_a_new_container("--host-root")
 def _host_root(cells: Cells) -> None:
     probe = f"import os; print(os.path.isdir({cells.host_dir!r}))"
