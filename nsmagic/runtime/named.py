@@ -32,6 +32,8 @@ from nsmagic.runtime.options import CONTAINER_OPTIONS
 from nsmagic.runtime.spec import ContainerSpec, validate_name
 
 LOG_LINES = 10_000
+# The most a container's log keeps, in characters (a flood must not fill the notebook).
+LOG_LIMIT = 16 << 20
 # After Ctrl-C in a cell of a named container: how long its code gets to stop before the
 # whole container is killed (a named container outlives an interrupted cell otherwise).
 EXEC_INTERRUPT_GRACE_S = 1.0
@@ -146,7 +148,8 @@ class ManagedContainer:
         self.spec = spec
         self.container = Container(spec, launcher=launcher)
         self.kind = "agent"
-        self.log: deque[tuple[float, str, str]] = deque(maxlen=LOG_LINES)
+        self.log: deque[tuple[float, str, str]] = deque()
+        self._logged = 0  # characters in the log (LOG_LIMIT at most)
         self._followers: list[Callable[[str, str], None]] = []
         self._sink: dict[str, OutputCallback | None] = {"stdout": None, "stderr": None}
         self._io_lock = threading.Lock()
@@ -249,7 +252,8 @@ class ManagedContainer:
         return lambda: self._followers.remove(callback) if callback in self._followers else None
 
     def logs(self) -> str:
-        """Everything it printed (the last LOG_LINES chunks), in order."""
+        """Everything it printed (the last LOG_LINES chunks, LOG_LIMIT characters at most),
+        in order."""
         return "".join(text for _, _, text in self.log)
 
     def describe(self) -> str:
@@ -451,7 +455,13 @@ class ManagedContainer:
         with self._io_lock:
             for stream, fd in list(self.container.output_fds.items()):
                 if fd in ready:
-                    chunk = os.read(fd, 65536)
+                    # Both threads select on the pipes: the other may have read what made
+                    # this one ready, so never block here.
+                    os.set_blocking(fd, False)
+                    try:
+                        chunk = os.read(fd, 65536)
+                    except BlockingIOError:
+                        continue
                     if not chunk:
                         alive = False
                         continue
@@ -473,6 +483,9 @@ class ManagedContainer:
     def _emit(self, stream: str, text: str) -> None:
         with self._emit_lock:
             self.log.append((time.time(), stream, text))
+            self._logged += len(text)
+            while (self._logged > LOG_LIMIT or len(self.log) > LOG_LINES) and len(self.log) > 1:
+                self._logged -= len(self.log.popleft()[2])  # the oldest goes first
             followers = list(self._followers)
         sink = self._sink.get(stream)
         if sink is not None:

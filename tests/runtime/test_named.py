@@ -300,3 +300,14 @@ def test_ctrl_c_interrupts_the_cell_and_says_how_it_ended(manager):
     assert interrupted.value.result.interrupted and not interrupted.value.result.killed
     assert str(interrupted.value).startswith("interrupted: the cell stopped after 0.")
     assert box.state == "running"
+
+
+def test_a_containers_log_keeps_the_newest_output_up_to_its_limit(monkeypatch):
+    from nsmagic.runtime import named
+
+    monkeypatch.setattr(named, "LOG_LIMIT", 1000)
+    box = named.ManagedContainer("logbox", ContainerSpec.build())
+    for index in range(100):
+        box._emit("stdout", f"{index:03d}" + "x" * 47)  # 50 characters a chunk
+    assert len(box.logs()) <= 1000 and box.logs().endswith("099" + "x" * 47)
+    box.container.close()
