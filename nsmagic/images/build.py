@@ -122,13 +122,14 @@ class _Builder:
         self.runner = runner
         self.cache = BuildCache(store)
         self.cmd_set = False
+        self.platform: str | None = None  # FROM's, unless it names one
 
     def say(self, text: str) -> None:
         self.output("stdout", text + "\n")
 
     def base(self, instruction: Instruction) -> _Parent:
         arguments = words(instruction.arguments, {})
-        platform = None
+        platform = self.platform
         while arguments and arguments[0].startswith("--"):
             option, _, value = arguments.pop(0)[2:].partition("=")
             if option != "platform" or not value:
@@ -229,12 +230,13 @@ def _short(text: str, limit: int = 60) -> str:
 
 def build(containerfile: str, ref: str, *, context: str = ".", output: Output | None = None,
           progress: ProgressCallback | None = None, no_cache: bool = False,
-          run_options: dict[str, Any] | None = None,
+          run_options: dict[str, Any] | None = None, platform: str | None = None,
           runner: Callable[..., runstep.RunOutcome] = runstep.run) -> BuildResult:
     """Build the Containerfile's text into the image ref (NAME[:TAG]) of the default store
     (the runtime's: RUN's containers start from it). context: the directory COPY takes files
     from; output(stream, text) gets the steps and RUN's output as they come; progress: a
-    pull's for FROM; run_options: container options of RUN (net, memory, cpus, pids, ...)."""
+    pull's for FROM; run_options: container options of RUN (net, memory, cpus, pids, ...);
+    platform: FROM's when it names none (OS/ARCH[/VARIANT])."""
     started = time.monotonic()
     name = store_name(ref)
     instructions = parse(containerfile)
@@ -243,6 +245,7 @@ def build(containerfile: str, ref: str, *, context: str = ".", output: Output | 
     store = Store().open()
     builder = _Builder(store, os.path.abspath(context), output or (lambda stream, text: None),
                        progress, no_cache, dict(run_options or {}), runner)
+    builder.platform = platform
     total = len(instructions)
     steps = []
     with store.using():  # prune waits: step images have no record until the end
