@@ -279,27 +279,24 @@ class _Layers:
     def stack(self, lowers: list[str], target: str, read_only: bool, userxattr: bool,
               upper: tuple[str, str] | None = None) -> None:
         """An image's layers (lowest first) as one overlay at target, with a private writable
-        layer on top (none when read_only): upper (its upper and work directories on disk,
-        where diff and commit read it) or one on the staging tmpfs."""
+        layer on top: upper (its upper and work directories on disk, where diff and commit
+        read it) or, also for read_only, one on the staging tmpfs."""
         extra = self.extra or (",userxattr" if userxattr else "")
         # overlayfs lists its lower layers from the top down.
         lowerdir = ":".join(reversed(lowers))
         with step(f"stacking the image's {len(lowers)} layers on {target}"):
-            if read_only and len(lowers) == 1:
-                mountops.bind(lowers[0], target, read_only=True)  # one layer: no overlay
-                return
             options = f"lowerdir={lowerdir}" + extra
-            if not read_only:
-                if upper is None:
-                    layer = f"{self.base}/image"
-                    os.makedirs(f"{layer}/upper")
-                    os.mkdir(f"{layer}/work")
-                    upper = (f"{layer}/upper", f"{layer}/work")
-                options += f",upperdir={upper[0]},workdir={upper[1]}"
+            # Read-only too gets a layer (on the staging tmpfs): the container's own mount
+            # points are made in it, then step 9 makes the root read-only.
+            if upper is None or read_only:
+                layer = f"{self.base}/image"
+                os.makedirs(f"{layer}/upper")
+                os.mkdir(f"{layer}/work")
+                upper = (f"{layer}/upper", f"{layer}/work")
+            options += f",upperdir={upper[0]},workdir={upper[1]}"
             try:
                 syscalls.mount("overlay", target, "overlay",
-                               syscalls.MS_NOSUID | syscalls.MS_NODEV
-                               | (syscalls.MS_RDONLY if read_only else 0), options)
+                               syscalls.MS_NOSUID | syscalls.MS_NODEV, options)
             except OSError as error:
                 if error.errno == errno.ENODEV:
                     raise OSError(errno.ENODEV, "this kernel has no overlayfs, which an "

@@ -16,6 +16,7 @@ from traitlets import Unicode
 from nsmagic import host
 from nsmagic.cgroups.limits import Limits
 from nsmagic.errors import ContainerSetupError, SpecError
+from nsmagic.magics.images import ImageCommands
 from nsmagic.runtime import groups
 from nsmagic.runtime.container import Container, ContainerResult
 from nsmagic.runtime.named import (
@@ -64,7 +65,7 @@ def _container_arguments(func: Any) -> Any:
 
 
 @magics_class
-class ContainerMagics(Magics):
+class ContainerMagics(ImageCommands, Magics):
     """%%container, %container and %nsmagic; defaults come from %config ContainerMagics.*"""
 
     memory = Unicode(None, allow_none=True, help="default --memory, e.g. '512M'").tag(config=True)
@@ -136,6 +137,8 @@ class ContainerMagics(Magics):
         %container start and are refused in its cells; --name names a new container's
         --bg run. Ctrl-C interrupts the cell; NAME runs on unless the cell will not stop.
         """
+        if line.split(None, 1)[:1] == ["build"]:  # %%container build REF: a Containerfile
+            return self._build_cell(line.split(None, 1)[1] if " " in line.strip() else "", cell)
         args = self._parse(self.container, line)
         name, kind, shell = _split_command(args.command, args.shell)
         if name is not None:
@@ -345,6 +348,13 @@ class ContainerMagics(Magics):
                                           resource of nsmagic, including a dead kernel's
         %container export NAME --oci DIR  write an OCI runtime bundle (runc run) of it
         %container dashboard              live CPU and memory plots of every container
+        %container pull REF               bring an image into the store (progress per layer)
+        %container images                 the store's images: size, shared, unique, layers
+        %container rmi REF | image-prune  remove an image | layers nothing uses
+        %container diff NAME              what an image container changed (A/C/D)
+        %container commit NAME REF        its writable layer as a new image
+        %container push REF [DEST]        send an image to a registry
+        %%container build REF             the cell is a Containerfile (docs/images.md)
         """
         try:
             words = shlex.split(line)

@@ -88,9 +88,9 @@ def test_a_subcommand_a_mixin_adds_is_served_and_offered(ipython_shell):
     from nsmagic.magics.container import ContainerMagics, subcommands
 
     class WithMore(ContainerMagics):
-        def _container_image_prune(self, rest: list[str], text: str) -> str:
-            return "pruned"
+        def _container_frob_nicate(self, rest: list[str], text: str) -> str:
+            return "done"
 
-    assert subcommands(WithMore)[-1] == "image-prune"
-    assert WithMore(ipython_shell).container_line("image-prune") == "pruned"
-    assert "image-prune" not in subcommands(ContainerMagics)
+    assert "frob-nicate" in subcommands(WithMore)
+    assert WithMore(ipython_shell).container_line("frob-nicate") == "done"
+    assert "frob-nicate" not in subcommands(ContainerMagics)

@@ -54,7 +54,8 @@ def run_payload(payload: Payload, spec: ContainerSpec, events_fd: int,
     if python is not None:
         for fd in (events_fd, data.fileno(), request):
             os.set_inheritable(fd, True)
-        os.execve(python, [python, "-I", "-S", "-c", python_runner.BOOT, IMAGE_LIBRARY,
+        # -B: no bytecode written into the image's own files (a diff would show it).
+        os.execve(python, [python, "-I", "-S", "-B", "-c", python_runner.BOOT, IMAGE_LIBRARY,
                            str(events_fd), str(data.fileno()), str(request)], spec.env)
     return python_runner.run(payload.to_wire(), events_fd, data)
 
