@@ -247,7 +247,7 @@ class ContainerMagics(ImageCommands, Magics):
                             options: dict[str, Any]) -> BackgroundCell | None:
         """%%container NAME --bg: the cell runs in NAME from a thread; its output shows under
         this cell (and in NAME's log), and %container wait NAME waits for it."""
-        write = live_output()
+        write = live_output(f"container {managed.name}")
         plot = {"stop": lambda: None}
 
         def ended(result: ExecResult) -> None:
@@ -618,7 +618,7 @@ def _names(text: str | None, option: str) -> tuple[str, ...]:
     return names
 
 
-def live_output() -> Any:
+def live_output(label: str = "a container") -> Any:
     """write(stream, text) that shows text under the cell running now, even after it ends.
 
     In Jupyter an Output widget, filled from a reader thread, stays attached to this cell
@@ -636,14 +636,18 @@ def live_output() -> Any:
     from IPython.display import display
 
     area = Output()
-    display(area)
+    # A saved notebook without widget state (JupyterLab's) shows this text, not "Output()".
+    display({"text/plain": f"(live output of {label}: %container logs shows it)",
+             "application/vnd.jupyter.widget-view+json": {
+                 "version_major": 2, "version_minor": 0, "model_id": area.model_id}},
+            raw=True)
     return lambda stream, text: (area.append_stdout if stream == "stdout"
                                  else area.append_stderr)(text)
 
 
 def show_live_output(managed: ManagedContainer) -> None:
     """Show a background container's output under the cell that started it, as it comes."""
-    managed.follow(live_output(), replay=True)
+    managed.follow(live_output(f"container {managed.name}"), replay=True)
 
 
 def _background_plot(container_id: str, wanted: bool) -> Any:
