@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def test_large_output_arrives_whole():
 
 def test_a_closed_reader_gives_the_command_sigpipe():
     completed = subprocess.run(
-        f"{sys.executable} -m nsmagic run -- seq 1 10000000 | head -1; "
+        f"{shlex.quote(sys.executable)} -m nsmagic run -- seq 1 10000000 | head -1; "
         "echo \"status=${PIPESTATUS[0]}\"", shell=True, executable="/bin/bash",
         capture_output=True, text=True, timeout=60, check=False)
     assert completed.stdout.splitlines() == ["1", f"status={128 + signal.SIGPIPE}"]

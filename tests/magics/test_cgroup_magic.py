@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import resource
 import signal
 import subprocess
@@ -169,7 +170,7 @@ def test_run_reports_an_oom_kill_and_a_failing_command(ipython_shell, capsys):
     ipython_shell.run_line_magic("cgroup", "create small --memory 32M --memory-swap 32M")
     with pytest.raises(CgroupError, match=r"ended with killed: out of memory, limit 32 MiB"):
         ipython_shell.run_line_magic(
-            "cgroup", f"run small -- {sys.executable} -c \"b = b'x' * (100 << 20)\"")
+            "cgroup", f"run small -- {shlex.quote(sys.executable)} -c \"b = b'x' * (100 << 20)\"")
     with pytest.raises(CgroupError, match="sh ended with exit status 3"):
         ipython_shell.run_line_magic("cgroup", "run small -- sh -c 'exit 3'")
     result = ipython_shell.run_line_magic("cgroup", "run small --no-raise -o -- sh -c 'exit 3'")
