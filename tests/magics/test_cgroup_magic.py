@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import resource
+import shlex
 import signal
 import subprocess
 import sys
