@@ -439,8 +439,12 @@ RET_ALLOW, RET_EPERM, RET_ENOSYS = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050
 @needs_x86_64
 def test_the_program_decides_every_x86_abi_alike_and_kills_others():
     bpf = seccomp.build().bpf
-    for table, arch, offset in ((X32, AUDIT_ARCH_X86_64, X32_BIT), (I386, AUDIT_ARCH_I386, 0),
-                                (X32, AUDIT_ARCH_X86_64, 0)):
+    abis = [(I386, AUDIT_ARCH_I386, 0), (X32, AUDIT_ARCH_X86_64, 0)]
+    if "X32" in seccomp.architectures():
+        abis.append((X32, AUDIT_ARCH_X86_64, X32_BIT))
+    else:  # this kernel runs no x32: its calls are killed, never let through
+        assert run_bpf(bpf, AUDIT_ARCH_X86_64, X32_BIT | X32["getpid"]) & 0x7FFF0000 == 0
+    for table, arch, offset in abis:
         assert run_bpf(bpf, arch, offset | table["getpid"]) == RET_ALLOW
         assert run_bpf(bpf, arch, offset | table["keyctl"]) == RET_EPERM
         assert run_bpf(bpf, arch, offset | table["unshare"]) == RET_EPERM
@@ -501,8 +505,8 @@ def test_the_filter_is_built_once_per_process():
     assert seccomp.build() is first
     assert first.bpf and len(first.bpf) % 8 == 0 and first.build_us > 0
     assert first.architectures == seccomp.architectures()
-    if X86_64:
-        assert first.architectures == ("X86_64", "X86", "X32")
+    if X86_64:  # x32 only where this kernel runs it
+        assert first.architectures in (("X86_64", "X86", "X32"), ("X86_64", "X86"))
 
 
 def test_install_needs_no_new_privs_first():
@@ -639,7 +643,8 @@ def test_the_oci_profile_validates_against_the_runtime_spec_schema():
 def test_the_oci_profile_is_the_same_table():
     profile = seccomp.oci_profile(machine="x86_64", release="6.18.0")
     assert profile["defaultAction"] == "SCMP_ACT_ERRNO" and profile["defaultErrnoRet"] == 38
-    assert profile["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+    assert profile["architectures"][:2] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]
+    assert profile["architectures"][2:] in ([], ["SCMP_ARCH_X32"])
     # runtime-spec 1.1's fields only
     assert {key for entry in profile["syscalls"] for key in entry} <= {
         "names", "action", "errnoRet", "args"}
