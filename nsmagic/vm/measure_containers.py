@@ -105,14 +105,16 @@ def container_processes(
         return own, []
     if parent.pid != _fork_server_pid():
         return [*own, parent], []
-    shared = [parent]
+    helpers = []
     for child in parent.children():
         try:
             if child.name() == FORK_HELPER_NAME:
-                shared.append(child)
+                helpers.append((child.create_time(), child.pid, child))
         except psutil.Error:
             pass
-    return own, shared
+    # The helper is the oldest: a container the helper has just forked (a warm one for the
+    # pool) bears its name until it renames itself, and is no part of what is shared.
+    return own, [parent, min(helpers)[2]] if helpers else [parent]
 
 
 def _measure_idle_container(container: Container, out: ContainerRun) -> None:
