@@ -41,6 +41,13 @@ class VMMagics(Magics):
         help="KVM, TCG (emulated) or auto: KVM only when a probe boot proves it works",
     )
     @argument(
+        "--image",
+        metavar="REF",
+        help="the container image whose program the disk rows compare with the VM's files "
+        "(default: busybox built here, the shell the guest runs); from the image store or an "
+        "oci:/docker-archive: file",
+    )
+    @argument(
         "-o",
         "--output-result",
         action="store_true",
@@ -54,7 +61,9 @@ class VMMagics(Magics):
         Each boot runs qemu in a cgroup of its own (same driver as the containers) and
         samples it the moment the guest is ready: launch-to-ready time, the guest kernel's
         uptime, qemu's RSS/PSS split into guest RAM, TCG code cache and VMM overhead, CPU
-        time, kernel + initramfs size. Containers are started in the same run. Without KVM
+        time. Containers are started in the same run. The disk rows are measured in bytes
+        on disk: the VM's kernel and initramfs against the container image of the same
+        program (busybox, or --image REF), and two images on one base stored once. Without KVM
         the VM is emulated (TCG) and labelled so; without qemu (Binder) the published
         reference figures are shown instead, labelled "published, not measured on this host".
 
@@ -62,6 +71,7 @@ class VMMagics(Magics):
 
             %vm_baseline
             %vm_baseline --runs 1 --memory 128M --workload cpu
+            %vm_baseline --runs 1 --image localhost/nsmagic-vm/python:3.11
             b = %vm_baseline -o -q
         """
         args = parse_argstring(self.vm_baseline, line)  # UsageError on bad options
@@ -81,6 +91,7 @@ class VMMagics(Magics):
                 seconds=args.seconds,
                 mib=args.mib,
                 progress=progress,
+                image=args.image,
             )
         except (NsmagicError, ValueError) as exc:
             raise UsageError(f"%vm_baseline: {exc}") from exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from nsmagic.cgroups.limits import parse_size
+from nsmagic.cgroups.limits import format_size, parse_size
 from nsmagic.errors import CapabilityError, NsmagicError
 from nsmagic.vm.console import StageCallback
 from nsmagic.vm.figures import fill_figures
@@ -20,6 +20,8 @@ from nsmagic.vm.workload import compare_workload
 
 if TYPE_CHECKING:
     from nsmagic.cgroups.base import CgroupDriver
+    from nsmagic.images.api import Image
+    from nsmagic.vm.images import GuestImage
 
 MACHINES = ("microvm", "q35")
 
@@ -49,7 +51,7 @@ def _check(memory: str | int, machine: str, runs: int, workload: str) -> int:
     return parse_size(memory, "memory")
 
 
-def _prepare_vm(out: Baseline, accel: str) -> None:
+def _prepare_vm(out: Baseline, accel: str) -> GuestImage:
     """Note the guest image and choose the accelerator; out.accel stays None without a VM."""
     from nsmagic.vm.accel import kvm_verdict
     from nsmagic.vm.images import build_image
@@ -66,6 +68,7 @@ def _prepare_vm(out: Baseline, accel: str) -> None:
     else:
         out.accel_reason = "KVM was asked for (--accel kvm)"
     out.accel = accel
+    return image
 
 
 def _accel_text(out: Baseline) -> str:
@@ -159,6 +162,25 @@ def _measure_containers(out: Baseline, track: ProgressTracker, n: int, ok: bool)
     return ok
 
 
+def _measure_disk(out: Baseline, guest: GuestImage | None, named: Image | None) -> str:
+    """Measure the VM's files and the container images into out.disk; what was measured."""
+    from nsmagic.vm.disk import measure_disk
+    from nsmagic.vm.images import resolve_versions
+
+    version = guest.busybox_version if guest is not None else None
+    if version is None and named is None:
+        try:  # no VM here, but the shell's image can still be built and measured
+            version = resolve_versions("micro")["busybox_version"]
+        except (CapabilityError, OSError) as exc:
+            out.notes.append(f"the busybox image could not be built here: {exc}")
+    out.disk = disk = measure_disk(guest, version, named)
+    said = [f"VM {format_size(disk.vm_bytes)}" if disk.vm_bytes else "no VM disk"]
+    said.append(f"container image {format_size(disk.image.size)}" if disk.image else "no image")
+    if disk.base is not None:
+        said.append(f"a base of {format_size(disk.base.base_bytes)} stored once")
+    return "disk measured: " + ", ".join(said)
+
+
 def baseline(
     memory: str | int = "256M",
     machine: str = "microvm",
@@ -171,6 +193,7 @@ def baseline(
     mib: int = DEFAULT_WORKLOAD_MIB,
     progress: Progress | None = None,
     timeout: float = 120.0,
+    image: str | None = None,
 ) -> Baseline:
     """Boot a real minimal VM `runs` times and start containers in the same call; compare.
 
@@ -181,6 +204,11 @@ def baseline(
     "published, not measured on this host" (containers are still measured if they can be).
     """
     memory_bytes = _check(memory, machine, runs, workload)
+    named = None
+    if image:  # a name that is not there fails now, before any VM boots
+        from nsmagic.vm.program_images import named_image
+
+        named = named_image(image)
     track = ProgressTracker(runs, workload, progress)
     out = Baseline(
         measured=False,
@@ -192,9 +220,10 @@ def baseline(
     )
     track.note("looking for qemu and a guest image")
     ok, why = vm_available()
+    guest = None
     if ok:
         track.reached("image", f"guest image ready: {why}")
-        _prepare_vm(out, accel)
+        guest = _prepare_vm(out, accel)
         track.reached("accelerator", _accel_text(out))
     else:
         out.why_not_measured = why
@@ -217,6 +246,9 @@ def baseline(
         if out.accel and container_ok:
             out.workload_run = compare_workload(workload, seconds, mib, memory_bytes, out.accel)
         track.reached("workload", f"the {workload} workload ran")
+    track.note("the container images (built once from Debian's packages) and the VM's files: "
+               "measuring their bytes on disk", "disk")
+    track.reached("disk", _measure_disk(out, guest, named))
     fill_figures(out, budget)
     _keep_qemu_log(out)
     track.reached("done", f"done in {time.monotonic() - track.started:.1f} s")

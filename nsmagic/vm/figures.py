@@ -8,12 +8,14 @@ from collections.abc import Iterable
 import psutil
 
 from nsmagic.cgroups.limits import format_size, parse_size
+from nsmagic.vm.disk import DiskFigures
 from nsmagic.vm.measure_containers import CONTAINER_STARTS_PER_RUN, ContainerRun
 from nsmagic.vm.measure_vm import VMRun
 from nsmagic.vm.reference import PUBLISHED_LABEL
-from nsmagic.vm.report import ESTIMATE_LABEL, Baseline, Row
+from nsmagic.vm.report import ESTIMATE_LABEL, MEASURED, Baseline, Row
 
 FORK_SERVER_ROW = "shared by all containers: fork server (PSS)"
+DISK_ROW = "disk for the same program"
 
 
 def median(values: Iterable[float | int | None]) -> float | None:
@@ -33,7 +35,8 @@ def fill_figures(out: Baseline, budget: str | int | None = None) -> None:
     rows = _rows(out, vms, cts)
     if not out.measured:  # no VM here: keep what was measured (the containers') only
         rows = [r for r in rows if r.container is not None]
-    out.rows = rows if (vms or cts) else []
+    # The disk is measured whether or not anything could be started here.
+    out.rows = (rows if (vms or cts) else []) + disk_rows(out.disk)
     _fill_density(out, vms, cts, budget)
     _add_notes(out, cts)
 
@@ -120,14 +123,6 @@ def _rows(out: Baseline, vms: list[VMRun], cts: list[ContainerRun]) -> list[Row]
             median(c.idle_init_pss_bytes for c in cts),
             "qemu itself; container: its pid 1 (the runtime's part, without the payload)",
         ),
-        Row(
-            "image size (kernel + initramfs)",
-            "bytes",
-            (out.kernel_bytes + out.initramfs_bytes) or None,
-            0,
-            f"{out.kernel + '; ' if out.kernel else ''}the container shares the host's root"
-            " filesystem",
-        ),
     ]
     if out.workload_run is not None:
         w = out.workload_run
@@ -147,6 +142,50 @@ def _rows(out: Baseline, vms: list[VMRun], cts: list[ContainerRun]) -> list[Row]
                 w.vm_workload_cpu_s,
                 w.container_workload_cpu_s,
                 "cgroup CPU while the loop ran (VM: from its ready marker)" + emulated,
+            )
+        )
+    return rows
+
+
+def disk_rows(disk: DiskFigures | None) -> list[Row]:
+    """The disk rows: the VM's files against the container image of the same program."""
+    if disk is None:
+        return []
+    image = disk.image
+    vm_what = " + ".join(p.what for p in disk.vm) or "no VM here"
+    image_what = (
+        f"{image.name} ({format_size(image.blobs)} of blobs: compressed layers, config,"
+        f" manifest; + {format_size(image.unpacked)} unpacked)" if image else "no image here"
+    )
+    rows = [
+        Row(
+            f"{DISK_ROW}: {disk.program}",
+            "bytes",
+            disk.vm_bytes,
+            image.size if image else None,
+            f"{MEASURED}. VM: {vm_what}; container: {image_what}",
+        )
+    ]
+    for part in disk.vm:
+        note = "a container runs on the host's kernel" if part.what.startswith("kernel") else ""
+        rows.append(Row(f"  of which {part.what}", "bytes", part.bytes, None, note))
+    if image is not None:
+        rows.append(
+            Row(
+                "  container image: unique to it",
+                "bytes",
+                None,
+                image.unique,
+                f"{MEASURED}: nsmagic.images.images() (what removing it frees)",
+            )
+        )
+        rows.append(
+            Row(
+                "  container image: shared with other images",
+                "bytes",
+                None,
+                image.shared,
+                f"{MEASURED}: layers another image of {image.store} uses too",
             )
         )
     return rows
@@ -193,6 +232,8 @@ def _fill_density(
 
 
 def _add_notes(out: Baseline, cts: list[ContainerRun]) -> None:
+    if out.disk is not None:
+        out.notes.extend(out.disk.notes)
     if not out.measured:
         out.notes.append(
             f"No VM could be booted here ({out.why_not_measured}): the VM column is empty and "

@@ -10,13 +10,12 @@ import json
 import lzma
 import os
 import shutil
-import subprocess
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from nsmagic.errors import CapabilityError
+from nsmagic.vm import debs
 
 FLAVOURS = ("v2", "micro")
 
@@ -191,140 +190,27 @@ def cache_dir() -> Path:
     return base / "vm"
 
 
-def _run(argv: list[str], cwd: Path | None = None) -> str:
-    try:
-        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
-    except FileNotFoundError as exc:
-        raise CapabilityError(
-            f"{argv[0]} is not installed: building VM images needs apt and dpkg (Debian)."
-        ) from exc
-    if proc.returncode != 0:
-        raise CapabilityError(
-            f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"
-        )
-    return proc.stdout
-
-
-def _candidate(package: str) -> tuple[str, str]:
-    """Return (version, first Depends entry) of the candidate version of a package."""
-    text = _run(["apt-cache", "show", "--no-all-versions", package])
-    version = depends = ""
-    for line in text.splitlines():
-        if line.startswith("Version:"):
-            version = line.split(":", 1)[1].strip()
-        elif line.startswith("Depends:"):
-            depends = line.split(":", 1)[1].split(",")[0].split()[0].strip()
-    if not version:
-        raise CapabilityError(f"apt knows no version of {package}.")
-    return version, depends
-
-
-def _resolve(package: str) -> tuple[str, str]:
-    """Like _candidate, but refresh the apt lists once (as root) when the package is unknown."""
-    try:
-        return _candidate(package)
-    except CapabilityError:
-        if os.geteuid() != 0:
-            raise CapabilityError(
-                f"apt does not know {package}: run 'apt-get update' as root once."
-            ) from None
-        _run(["apt-get", "update"])
-        return _candidate(package)
-
-
-_APT_LISTS = Path("/var/lib/apt/lists")
-
-
 def resolve_versions(flavour: str, *, cache: Path | None = None) -> dict[str, str]:
-    """Name and version of the kernel and busybox packages a flavour would be built from.
-
-    The answer is remembered until the apt lists change: asking apt-cache takes about half a
-    second per package, which would make a cached build anything but instant.
-    """
+    """Name and version of the kernel and busybox packages a flavour would be built from,
+    remembered until the apt lists change."""
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {', '.join(FLAVOURS)}, not {flavour!r}.")
     memo = (Path(cache) if cache else cache_dir()) / "resolved.json"
-    try:
-        stamp = str(_APT_LISTS.stat().st_mtime_ns)
-    except OSError:
-        stamp = ""
-    try:
-        known = json.loads(memo.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if stamp and known.get("stamp") == stamp and flavour in known:
-        return known[flavour]
-    versions = _resolve_versions(flavour)
-    known = known if known.get("stamp") == stamp else {"stamp": stamp}
-    known[flavour] = versions
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    # A name of its own for each writer, threads of one process included: a shared one was
-    # renamed away by the first writer under the second (FileNotFoundError).
-    fd, tmp = tempfile.mkstemp(prefix=".resolved.", suffix=".json", dir=memo.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps(known))
-    os.replace(tmp, memo)
-    return versions
+    return debs.memoised(memo, flavour, lambda: _resolve_versions(flavour))
 
 
 def _resolve_versions(flavour: str) -> dict[str, str]:
     # The metapackage only depends on the versioned package that holds the files.
-    _, kernel_package = _resolve(KERNEL_METAPACKAGES[flavour])
+    _, kernel_package = debs.resolve(KERNEL_METAPACKAGES[flavour])
     if not kernel_package:
         raise CapabilityError(f"{KERNEL_METAPACKAGES[flavour]} depends on no kernel package.")
-    kernel_version, _ = _candidate(kernel_package)
-    busybox_version, _ = _resolve(BUSYBOX_PACKAGE)
+    kernel_version, _ = debs.candidate(kernel_package)
+    busybox_version, _ = debs.resolve(BUSYBOX_PACKAGE)
     return {
         "kernel_package": kernel_package,
         "kernel_version": kernel_version,
         "busybox_version": busybox_version,
     }
-
-
-def _download(package: str, version: str, debs: Path) -> Path:
-    """apt-get download one exact version into the deb cache, unless it is already there."""
-    debs.mkdir(parents=True, exist_ok=True)
-    marker = debs / f"{package}_{version.replace(':', '%3a')}.path"
-    if marker.exists():
-        path = debs / marker.read_text().strip()
-        if path.exists():
-            return path
-    before = set(debs.glob("*.deb"))
-    # The sandbox user _apt usually cannot write to a user's cache folder; as root apt would
-    # only warn, as a user it falls back on its own.
-    sandbox = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
-    _run(["apt-get", "download", *sandbox, f"{package}={version}"], cwd=debs)
-    new = [p for p in set(debs.glob("*.deb")) - before if p.name.startswith(package + "_")]
-    if not new:
-        # Already downloaded under apt's own file name by an earlier, interrupted build.
-        new = list(debs.glob(f"{package}_*.deb"))
-    if len(new) != 1:
-        raise CapabilityError(f"apt-get download {package}={version} left no single .deb.")
-    marker.write_text(new[0].name)
-    return new[0]
-
-
-def _extract(deb: Path, wanted) -> dict[str, bytes]:
-    """Return {member path: bytes} for the members `wanted(path)` accepts.
-
-    Streams `dpkg-deb --fsys-tarfile` (what `dpkg -x` unpacks) instead of unpacking the whole
-    400 MB module tree to disk only to keep a dozen files.
-    """
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
-    found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for member in tar:
-                name = member.name.lstrip("./")
-                if member.isfile() and wanted(name):
-                    found[name] = tar.extractfile(member).read()
-    finally:
-        if proc.stdout:
-            proc.stdout.close()
-        proc.wait()
-    if proc.returncode not in (0, None) and not found:
-        raise CapabilityError(f"dpkg-deb could not read {deb}.")
-    return found
 
 
 class _Cpio:
@@ -434,9 +320,10 @@ def build_image(flavour: str = "v2", *, cache: Path | None = None) -> GuestImage
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "manifest.json").exists():  # another process built it while we waited
             return image
-        debs = cache / "debs"
-        kernel_deb = _download(versions["kernel_package"], versions["kernel_version"], debs)
-        busybox_deb = _download(BUSYBOX_PACKAGE, versions["busybox_version"], debs)
+        kernel_deb = debs.download(
+            versions["kernel_package"], versions["kernel_version"], cache / "debs"
+        )
+        busybox_deb = debs.download(BUSYBOX_PACKAGE, versions["busybox_version"], cache / "debs")
         wanted_modules = {f"{m}.ko" for m in V2_MODULES} | {f"{m}.ko.xz" for m in V2_MODULES}
 
         def wanted(path: str) -> bool:
@@ -445,11 +332,11 @@ def build_image(flavour: str = "v2", *, cache: Path | None = None) -> GuestImage
                 return True
             return flavour == "v2" and path.startswith("lib/modules/") and base in wanted_modules
 
-        files = _extract(kernel_deb, wanted)
+        files = debs.extract(kernel_deb, wanted)
         kernels = [data for path, data in files.items() if path.startswith("boot/vmlinuz-")]
         if len(kernels) != 1:
             raise CapabilityError(f"{kernel_deb.name} holds {len(kernels)} kernels, not one.")
-        busybox = _extract(busybox_deb, lambda p: p == "bin/busybox").get("bin/busybox")
+        busybox = debs.extract(busybox_deb, lambda p: p == "bin/busybox").get("bin/busybox")
         if not busybox:
             raise CapabilityError(f"{busybox_deb.name} holds no bin/busybox.")
         modules = _modules_from(files) if flavour == "v2" else {}

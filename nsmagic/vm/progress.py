@@ -48,6 +48,7 @@ def plan(runs: int, workload: str) -> list[tuple[str, int | None]]:
         stages.append(("containers", n))
     if workload != "none":
         stages.append(("workload", None))
+    stages.append(("disk", None))
     stages.append(("done", None))
     return stages
 

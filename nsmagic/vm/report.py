@@ -11,11 +11,13 @@ from nsmagic.tables import html_table, text_table
 from nsmagic.vm.reference import PUBLISHED_LABEL, reference_lines
 
 if TYPE_CHECKING:
+    from nsmagic.vm.disk import DiskFigures
     from nsmagic.vm.measure_containers import ContainerRun
     from nsmagic.vm.measure_vm import VMRun
     from nsmagic.vm.workload import WorkloadRun
 
 ESTIMATE_LABEL = "estimate"
+MEASURED = "measured, bytes on disk"
 
 
 @dataclass
@@ -53,7 +55,7 @@ class Row:
         """'12.3x' or why there is none."""
         ratio = self.ratio
         if ratio is None:
-            return "n/a" if self.container != 0 else "n/a (container: 0)"
+            return "n/a (container: 0)" if self.vm is not None and self.container == 0 else "n/a"
         return f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:.1f}x"
 
 
@@ -75,6 +77,7 @@ class Baseline:
     vm_runs: list[VMRun] = field(default_factory=list)
     container_runs: list[ContainerRun] = field(default_factory=list)
     workload_run: WorkloadRun | None = None
+    disk: DiskFigures | None = None  # the VM's files and the container images, measured
     rows: list[Row] = field(default_factory=list)
     density: list[Row] = field(default_factory=list)
     density_budget_bytes: int = 0
@@ -123,6 +126,32 @@ class Baseline:
             lines.append([r.figure, r.format(r.vm), r.format(r.container), ratio, r.note])
         return lines
 
+    @property
+    def disk_sentence(self) -> str:
+        """The course's sentence: the container image against the VM's disk, and a base
+        stored once ("" when nothing of the disk could be measured)."""
+        return self.disk.sentence() if self.disk is not None else ""
+
+    def base_rows(self) -> list[list[str]]:
+        """Two images on one base as table lines: image, size, shared, unique, layers; then
+        what the store holds for both."""
+        base = self.disk.base if self.disk is not None else None
+        if base is None:
+            return []
+        lines = [["image", "size", "shared", "unique", "layers"]]
+        for i in base.images:
+            sizes = (i.size, i.shared, i.unique)
+            lines.append([i.name, *(format_size(v) for v in sizes), str(i.layers)])
+        lines.append(["stored for both (each byte once)", format_size(base.stored_bytes),
+                      format_size(base.base_bytes), "", ""])
+        lines.append(["their sizes added up", format_size(base.sum_of_sizes), "", "", ""])
+        return lines
+
+    def _base_title(self) -> str:
+        assert self.disk is not None and self.disk.base is not None
+        store = self.disk.base.images[0].store
+        return f"Two images on one base ({MEASURED}, in the store {store}): the base once"
+
     def reference_rows(self) -> list[list[str]]:
         """The published figures as table lines: system, what, value, source."""
         return reference_lines(self.reference)
@@ -139,6 +168,11 @@ class Baseline:
                 f" ({self.density_budget_source}), from the measured memory"
             )
             out.append(_text_table(self._table(self.density)))
+        if self.base_rows():
+            out.append(self._base_title())
+            out.append(_text_table(self.base_rows()))
+        if self.disk_sentence:
+            out.append(self.disk_sentence)
         if not self.measured or self.reference:
             out.append(f"Reference figures ({PUBLISHED_LABEL}):")
             out.append(_text_table(self.reference_rows()))
@@ -156,6 +190,11 @@ class Baseline:
                 f"({escape(self.density_budget_source)}), from the measured memory</p>"
             )
             parts.append(_html_table(self._table(self.density)))
+        if self.base_rows():
+            parts.append(f"<p><b>{escape(self._base_title())}</b></p>")
+            parts.append(_html_table(self.base_rows()))
+        if self.disk_sentence:
+            parts.append(f"<p>{escape(self.disk_sentence)}</p>")
         if not self.measured or self.reference:
             parts.append(f"<p><b>Reference figures: {PUBLISHED_LABEL}</b></p>")
             parts.append(_html_table(self.reference_rows()))
@@ -192,6 +231,8 @@ class Baseline:
             "rows": rows(self.rows),
             "density": rows(self.density),
             "density_label": ESTIMATE_LABEL,
+            "disk": self.disk.as_dict() if self.disk is not None else None,
+            "disk_sentence": self.disk_sentence,
             "notes": self.notes,
         }
 

@@ -12,9 +12,11 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from nsmagic.vm.disk import SharedBase
+from nsmagic.vm.figures import DISK_ROW
 from nsmagic.vm.progress import ProgressEvent
 from nsmagic.vm.reference import PUBLISHED_LABEL
-from nsmagic.vm.report import Baseline, Row
+from nsmagic.vm.report import MEASURED, Baseline, Row
 
 VM_COLOUR = "#c0504d"
 CONTAINER_COLOUR = "#4f81bd"
@@ -22,7 +24,8 @@ PUBLISHED_COLOUR = "#9e9e9e"
 
 # The rows the chart shows, by panel: times on one axis, memory on another.
 TIME_ROWS = ("start: launch -> ready", "start: end to end", "CPU time to start")
-MEMORY_ROWS = ("host memory (PSS)", "cgroup memory (memory.current)", "image size")
+MEMORY_ROWS = ("host memory (PSS)", "cgroup memory (memory.current)")
+SHARED_COLOUR = "#9bbb59"
 
 
 def _bars(ax: Any, rows: list[Row], unit: str, emulated: bool) -> None:
@@ -66,9 +69,11 @@ def figure(result: Baseline) -> Figure:
     time_rows = [r for r in result.rows if r.figure.startswith(TIME_ROWS)]
     memory_rows = [r for r in result.rows if r.figure.startswith(MEMORY_ROWS) and r.vm]
     workload = result.workload_run
-    panels = 3 if workload is not None else 2
+    disk = [r for r in result.rows if r.figure.startswith(DISK_ROW)]
+    base = result.disk.base if result.disk is not None else None
+    panels = 2 + (workload is not None) + bool(disk) + (base is not None)
     fig = Figure(figsize=(10, 3.2 * panels), layout="constrained")
-    axes = fig.subplots(panels, 1)
+    axes = list(fig.subplots(panels, 1))
     _bars(axes[0], time_rows, "s", result.emulated)
     axes[0].set_title("time (lower is better)")
     mib = [
@@ -76,9 +81,18 @@ def figure(result: Baseline) -> Figure:
         for r in memory_rows
     ]
     _bars(axes[1], mib, "MiB", result.emulated)
-    axes[1].set_title("host memory per instance, and image size (lower is better)")
+    axes[1].set_title("host memory per instance (lower is better)")
+    rest = axes[2:]
+    if disk:
+        ax = rest.pop(0)
+        mib = [Row(r.figure, "MiB", (r.vm or 0) / 2**20, (r.container or 0) / 2**20, r.note)
+               for r in disk]  # fmt: skip
+        _bars(ax, mib, "MiB", result.emulated)
+        ax.set_title(f"disk for the same program ({MEASURED}; lower is better)")
+    if base is not None:
+        _base_bars(rest.pop(0), base, result.disk_sentence)
     if workload is not None:
-        ax = axes[2]
+        ax = rest.pop(0)
         for samples, colour, name in (
             (workload.vm_samples, VM_COLOUR, "VM (boot, then workload)"),
             (workload.container_samples, CONTAINER_COLOUR, "container"),
@@ -96,6 +110,28 @@ def figure(result: Baseline) -> Figure:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.suptitle(textwrap.fill(result.title(), 110), fontsize=10)
     return fig
+
+
+def _base_bars(ax: Any, base: SharedBase, sentence: str) -> None:
+    """Each image as its shared part and its own, then what the store holds: the base once."""
+    labels = [i.name.rsplit("/", 1)[-1] for i in base.images]
+    shared = [i.shared / 2**20 for i in base.images]
+    unique = [i.unique / 2**20 for i in base.images]
+    labels.append("the store holds both")
+    shared.append(base.base_bytes / 2**20)
+    unique.append((base.stored_bytes - base.base_bytes) / 2**20)
+    ys = range(len(labels))
+    ax.barh(ys, shared, color=SHARED_COLOUR, label="the shared base")
+    ax.barh(ys, unique, left=shared, color=CONTAINER_COLOUR, label="each image's own layers")
+    ax.set_yticks(list(ys), labels, fontsize=8)
+    ax.invert_yaxis()
+    for y, (low, high) in enumerate(zip(shared, unique, strict=True)):
+        ax.annotate(f"{low + high:.1f} MiB", (low + high, y), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=7)
+    ax.set_xlabel("MiB")
+    ax.margins(x=0.15)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.set_title(textwrap.fill(sentence, 100), fontsize=9)
 
 
 def _reference_figure(result: Baseline) -> Figure:

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from nsmagic.vm import Baseline, baseline, start_vm, vm_available
-from nsmagic.vm.figures import FORK_SERVER_ROW, fill_figures, median
+from nsmagic.vm.figures import DISK_ROW, FORK_SERVER_ROW, fill_figures, median
 from nsmagic.vm.loops import workload_script
 from nsmagic.vm.measure_containers import ContainerRun
 from nsmagic.vm.memory import split_smaps
@@ -320,7 +320,11 @@ def test_a_real_vm_boots_and_its_figures_are_sane(measured: Measured) -> None:
     assert ready.ratio > 1
     pss = b.row("host memory (PSS)")
     assert pss.ratio == pytest.approx(run.qemu_pss_bytes / pss.container)
-    assert b.row("image size").container == 0
+    # The disk: the files this boot used, against the busybox image (tests/vm/test_disk.py
+    # checks each figure against du).
+    disk = b.row(DISK_ROW)
+    assert disk.vm == b.disk.vm_bytes > b.kernel_bytes and disk.container == b.disk.image.size
+    assert disk.ratio > 1 and "measured, bytes on disk" in disk.note
     # Labelled: emulated figures say so, in the title (once), the table and the notes.
     text = b.text()
     if b.emulated:
@@ -332,6 +336,31 @@ def test_a_real_vm_boots_and_its_figures_are_sane(measured: Measured) -> None:
     assert b.density[0].vm > 0 and b.density[0].container > b.density[0].vm
     json.dumps(b.as_dict())
     assert_nothing_left()
+
+
+@pytest.mark.vm
+def test_a_real_baselines_disk_rows_and_sentence_are_in_text_html_dict_and_chart(
+    measured: Measured,
+) -> None:
+    from nsmagic.widgets.vm_compare import figure
+
+    b = measured.result
+    assert b.disk is not None and b.disk.image is not None and b.disk.base is not None, b.notes
+    from nsmagic.vm.images import build_image
+
+    guest = build_image("micro")  # what this run booted (cached: built before the boot)
+    assert [p.paths for p in b.disk.vm] == [(str(guest.kernel),), (str(guest.initramfs),)]
+    sentence = b.disk_sentence
+    assert sentence.startswith("Measured on disk: the container image of the shell loop")
+    assert "the VM needs" in sentence and "two images on one base store it once" in sentence
+    assert sentence in b.text() and escape(sentence) in b._repr_html_()
+    assert b.as_dict()["disk_sentence"] == sentence
+    assert [r["figure"] for r in b.as_dict()["rows"] if r["figure"].startswith(DISK_ROW)]
+    titles = [ax.get_title() for ax in figure(b).axes]
+    assert any(t.startswith("disk for the same program (measured") for t in titles), titles
+    assert any(t.replace("\n", " ") == sentence for t in titles), titles
+    disk_stage = next(e for e in measured.events if e.stage == "disk" and e.reached)
+    assert disk_stage.text.startswith("disk measured: VM ")
 
 
 @pytest.mark.vm
@@ -412,15 +441,26 @@ def test_qemus_own_messages_stay_in_a_log_never_in_the_report_or_the_widget() ->
 def test_vm_baseline_magic_shows_the_table_and_a_png(ipython_shell) -> None:  # noqa: ANN001
     from IPython.utils.capture import capture_output
 
+    from nsmagic.vm.program_images import PYTHON_IMAGE, images_on_one_base
+
     need_vm()
+    images_on_one_base()  # built once, cached: the image --image names
     with capture_output() as captured:
-        returned = ipython_shell.run_line_magic("vm_baseline", "--runs 1 --memory 128M -o")
+        returned = ipython_shell.run_line_magic(
+            "vm_baseline", f"--runs 1 --memory 128M --image {PYTHON_IMAGE} -o"
+        )
     assert isinstance(returned, Baseline)
     assert returned.measured and returned.vm_runs[0].ok
+    # The disk rows are of the named image's program: its files are the VM's root too.
+    assert returned.disk.image.name == PYTHON_IMAGE
+    assert [p.what.split(" (")[0] for p in returned.disk.vm] == [
+        "kernel", "initramfs", "root filesystem"
+    ]  # fmt: skip
     kinds = [set(output.data) for output in captured.outputs]
     assert any("text/html" in k for k in kinds), kinds
     html = next(o.data["text/html"] for o in captured.outputs if "text/html" in o.data)
     assert "<table>" in html and "VM / container" in html and "start: launch -&gt; ready" in html
+    assert f"{DISK_ROW}: the program of {PYTHON_IMAGE}" in html
     pngs = [o.data["image/png"] for o in captured.outputs if "image/png" in o.data]
     assert pngs, kinds
     # Without a kernel the progress is text lines, on stdout: it is no warning.
@@ -467,6 +507,20 @@ def test_the_same_workload_runs_in_a_vm_and_a_container() -> None:
     # The container wrote 32 MiB into its tmpfs, charged to its cgroup.
     assert run.container_peak_bytes >= 32 * 2**20
     assert run.vm_peak_bytes > run.container_peak_bytes
+    assert_nothing_left()
+
+
+def test_an_image_that_is_not_there_is_refused_before_any_vm_boots(ipython_shell) -> None:  # noqa: ANN001
+    from IPython.core.error import UsageError
+
+    from nsmagic.errors import SpecError
+
+    started = time.monotonic()
+    with pytest.raises(SpecError, match="pull it first"):
+        baseline(runs=1, image="localhost/nsmagic-vm/nothing:1")
+    with pytest.raises(UsageError, match="%vm_baseline: the image .* pull it first"):
+        ipython_shell.run_line_magic("vm_baseline", "--image localhost/nothing/here:1 -q")
+    assert time.monotonic() - started < 5, "no VM was booted for it"
     assert_nothing_left()
 
 

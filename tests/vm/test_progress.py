@@ -12,14 +12,14 @@ from nsmagic.vm.progress import VM_STAGES, ProgressEvent, ProgressTracker, plan
 from nsmagic.widgets.vm_compare import ProgressView
 
 
-def test_the_plan_is_image_accelerator_containers_then_each_round_then_done() -> None:
+def test_the_plan_is_image_accelerator_containers_then_each_round_then_disk_then_done() -> None:
     assert plan(2, "cpu") == [
         ("image", None), ("accelerator", None), ("containers-warm", None),
         *[(s, 1) for s in VM_STAGES], ("containers", 1),
         *[(s, 2) for s in VM_STAGES], ("containers", 2),
-        ("workload", None), ("done", None),
+        ("workload", None), ("disk", None), ("done", None),
     ]  # fmt: skip
-    assert plan(1, "none")[-2:] == [("containers", 1), ("done", None)]
+    assert plan(1, "none")[-3:] == [("containers", 1), ("disk", None), ("done", None)]
 
 
 def test_a_failed_boot_skips_its_stages_and_the_bar_is_full_only_at_done() -> None:
@@ -33,7 +33,7 @@ def test_a_failed_boot_skips_its_stages_and_the_bar_is_full_only_at_done() -> No
     track.reached("containers", "containers 1/1: measured", 1)
     track.reached("done", "done")
     total = len(plan(1, "none"))
-    assert [e.step for e in events] == [0, 1, 2, 3, 4, 8, 8, 9, 10] and total == 10
+    assert [e.step for e in events] == [0, 1, 2, 3, 4, 8, 8, 9, 11] and total == 11
     assert [e.reached for e in events].count(False) == 2, "notes leave the bar where it is"
     assert [e.done for e in events] == [False] * 8 + [True]
     assert [e.fraction for e in events if e.fraction == 1] == [1.0]
@@ -71,7 +71,7 @@ def test_an_interrupted_baseline_leaves_a_red_bar_that_says_where_it_stopped(
     assert view.bar.bar_style == "danger"
     assert view.bar.value == 4 < view.bar.max
     assert view.text().startswith("VM baseline: stopped after ")
-    assert view.text().endswith("at stage 4/10: VM 1/1: qemu started; the guest kernel boots")
+    assert view.text().endswith("at stage 4/11: VM 1/1: qemu started; the guest kernel boots")
     assert view.line.value == escape(view.text())
     final, update = shown[-1]
     assert update and final["text/plain"] == view.text(), "a saved notebook says the same"
