@@ -1326,6 +1326,8 @@ if baseline.measured:
             ratio = f'{row.vm / row.container:.0f}x' if row.vm and row.container else ''
             print(f'{row.figure:32} VM {show(row.vm, row.unit):>10}   '
                   f'container {show(row.container, row.unit):>10}   {ratio}')
+    if getattr(baseline, 'disk_sentence', None):   # the course's "small images", measured
+        print(baseline.disk_sentence)
 else:
     print('published, not measured here:', baseline.why_not_measured)
 '''),
