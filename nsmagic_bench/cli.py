@@ -37,8 +37,8 @@ def _keys(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        description="Time nsmagic and the anchors (unshare, bwrap, runc), interleaved, and "
-                    "print medians, spreads and ratios.")
+        description="Time nsmagic and the anchors (unshare, bwrap, runc, crun), interleaved, "
+                    "and print medians, spreads and ratios.")
     parser.add_argument("--runs", type=_positive_int, default=benchmarks.DEFAULT_RUNS,
                         metavar="N", help=f"timed rounds (default {benchmarks.DEFAULT_RUNS}; "
                                           f"--quick: {benchmarks.QUICK_RUNS})")
@@ -48,9 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write raw samples, medians, ratios, machine and method as JSON")
     parser.add_argument("--markdown", metavar="FILE", dest="markdown_path",
                         help="write the performance page (docs/performance.md) from this run")
-    keys = ", ".join(b.key for b in benchmarks.BENCHMARKS)
+    parser.add_argument("--images", action="store_true",
+                        help="also time pulls against skopeo + umoci and image starts against "
+                             "podman (slow; needs docker-registry, skopeo, umoci, podman)")
+    parser.add_argument("--v2", action="store_true",
+                        help=f"also run {', '.join(benchmarks.V2_KEYS)} inside the cgroup v2 "
+                             f"test guest (qemu; {benchmarks.V2_RUNS} rounds, emulated where "
+                             "KVM fails) and report its ratios")
+    keys = ", ".join(key for b in benchmarks.BENCHMARKS for key in b.keys)
     parser.add_argument("--only", type=_keys, metavar="KEYS",
-                        help=f"comma-separated benchmarks to run, of: {keys}")
+                        help=f"comma-separated benchmarks to run (a row of --images too), "
+                             f"of: {keys}")
     return parser
 
 
@@ -64,4 +72,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: error: {error}", file=sys.stderr)
             return USAGE_ERROR
     return benchmarks.main(runs=args.runs, quick=args.quick, json_path=args.json_path,
-                           markdown_path=args.markdown_path, only=args.only)
+                           markdown_path=args.markdown_path, only=args.only,
+                           images=args.images, v2=args.v2)
