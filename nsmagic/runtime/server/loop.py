@@ -119,13 +119,15 @@ class ForkServer:
     # -- the warm pool -------------------------------------------------------------------
     def _pool_wants_more(self) -> bool:
         # Start warming only once containers are asked for, and stop after repeated
-        # failures (a host that refuses some step would otherwise fork in a loop). Warm
-        # containers get ready also while containers run, and all at once, so that a loop
-        # of starts stays warm: a move into a v1 cgroup waits for an RCU grace period in the
-        # warm container's own process (not here), moves at the same time share one grace
-        # period, and a running container's forks are delayed by about a millisecond at
+        # failures (a host that refuses some step would otherwise fork in a loop). While
+        # containers run, warm only when the pool is empty (a burst of starts has used it
+        # up): a warm-up's set-up competes for the CPU with the container that runs, but a
+        # loop of starts must not fall back to cold ones. A move into a v1 cgroup waits for
+        # an RCU grace period in the warm container's own process (not here), moves at the
+        # same time share one, and a running container's forks wait about a millisecond at
         # worst (measured: p99 of fork+wait 1.8 -> 2.5 ms).
         return (self._served > 0 and len(self.warm) < self.pool_size
+                and (not self.containers or not self.warm)
                 and self._warm_failures < 3 and os.geteuid() == 0)
 
     def _add_warm_container(self) -> None:
