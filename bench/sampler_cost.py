@@ -3,8 +3,9 @@
 
 Starts N containers (default 10) that sleep, samples them at R Hz (default 10, the maximum)
 for S seconds, and reports the sampler thread's own CPU time (time.thread_time() measured
-inside the thread) divided by the wall time. Target: under 0.5% of one core (issue 19). The measurement
-itself is nsmagic_bench.benchmarks.sampler_cost, which `python -m nsmagic bench` runs too.
+inside the thread) divided by the wall time. Target: under 0.5% of one core (issue 19).
+The measurement itself is nsmagic_bench.benchmarks.sampler_cost, which `python -m nsmagic
+bench` runs too.
 
     .venv/bin/python bench/sampler_cost.py [--containers 10] [--rate 10] [--seconds 10] [--json]
 """
